@@ -1,0 +1,33 @@
+# edgekd developer commands.
+#   make test   create .venv, install torch==2.13.0 (CPU) and edgekd[dev], build edgekd._C, run pytest
+#   make demo   the main job on the default data (see README)
+PY        ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+PIP       := $(VPY) -m pip
+TORCH_VER ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv install build test test-fast demo bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel ninja
+	$(PIP) install -q torch==$(TORCH_VER)
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	touch $@
+
+venv install: $(VENV)/.installed
+
+# rebuild the C++ extension after editing csrc/
+build: $(VENV)/.installed
+	$(VPY) setup.py build_ext --inplace -q
+
+test: $(VENV)/.installed build
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed build
+	$(VPY) -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info edgekd/_C*.so $(VENV)

@@ -1,0 +1,9 @@
+"""Custom ops of edgekd, registered with ``torch.library`` in the ``edgekd`` namespace.
+
+Order matters: the native extension is loaded first (its C++ kernels register themselves for the
+CPU), then each op module defines its schema, fake kernel, CUDA (Triton) kernel, autograd and,
+only when the extension is missing, the pure-PyTorch CPU fallback.
+"""
+from edgekd._ext import has_extension  # noqa: F401  (loads edgekd._C first)
+
+__all__ = ["has_extension"]
