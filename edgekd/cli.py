@@ -1,0 +1,50 @@
+"""The ``edgekd`` command line: a thin layer over the Python API.
+
+Each area registers its sub-commands from its own module (``edgekd/<area>/cli.py`` exposing
+``register(subparsers)``), listed in ``_COMMAND_MODULES``. Modules are imported only when the
+command line is built, so ``edgekd --help`` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from edgekd import __version__
+from edgekd.errors import EdgekdError
+
+# module paths that expose register(subparsers); each area adds its own line
+_COMMAND_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgekd",
+        description="Distil, prune, compile and benchmark small self-explaining NLP models for edge devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgekd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except EdgekdError as exc:  # user errors: one clear line, no traceback
+        print(f"edgekd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgekd: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
