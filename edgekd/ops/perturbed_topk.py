@@ -122,9 +122,12 @@ def reference_gather_backward(
     D = x.shape[-1]
     w = torch.einsum("bkd,bskd->bs", grad_out, _gather_rows(x, indices))  # <G, Y_s>
     grad_scores = torch.einsum("bs,bsn->bn", w, noise) / (S * sigma)
-    src = grad_out.unsqueeze(1).expand(B, S, k, D).reshape(B, S * k, D)
-    flat = indices.reshape(B, S * k, 1).expand(B, S * k, D)
-    grad_x = torch.zeros_like(x).scatter_add_(1, flat, src) / S
+    # dL/dx: add dL/dout[b, i] / S to row idx_s(i) of x[b] for every sample (index_add_ over the
+    # flattened (B*N, D) rows: one add per selected row, vectorised over D)
+    N = x.shape[1]
+    src = (grad_out / S).unsqueeze(1).expand(B, S, k, D).reshape(B * S * k, D)
+    rows = (indices + torch.arange(B, device=x.device).view(B, 1, 1) * N).reshape(-1)
+    grad_x = torch.zeros_like(x).view(B * N, D).index_add_(0, rows, src).view(B, N, D)
     return grad_scores, grad_x
 
 
