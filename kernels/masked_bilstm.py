@@ -149,7 +149,8 @@ def _bilstm_bwd_kernel(
         g = tl.load(gb + 2 * H + rows, mask=rmask, other=0.0)
         o = tl.load(gb + 3 * H + rows, mask=rmask, other=0.0)
         c = tl.load(cells_ptr + (d * CAP + row) * H + rows, mask=rmask, other=0.0)
-        c_prev = tl.load(cells_ptr + (d * CAP + off + t_prev) * H + rows, mask=rmask & (s > 0), other=0.0)
+        pmask = rmask & ((rows * 0 + s) > 0)  # no previous cell state at the walk's first step
+        c_prev = tl.load(cells_ptr + (d * CAP + off + t_prev) * H + rows, mask=pmask, other=0.0)
         go = tl.load(gout_ptr + (b * T + t) * 2 * H + d * H + rows, mask=rmask, other=0.0)
         tc = _tanh(c)
         dh_t = dh + go
