@@ -15,3 +15,7 @@ from edgekd.ops.perturbed_topk import (  # noqa: E402
 )
 
 __all__ += ["perturbed_topk_gather", "perturbed_topk_indicators", "topk_indices"]
+
+from edgekd.ops.masked_bilstm import masked_bilstm, masked_bilstm_module  # noqa: E402
+
+__all__ += ["masked_bilstm", "masked_bilstm_module"]
