@@ -144,7 +144,7 @@ def test_lstm_state_dict_loads_into_nn_lstm_and_reproduces_states():
     ids, mask = make_batch(3, 8, 40)
     lengths = mask.sum(1)
     with torch.no_grad():
-        states = m.encode(ids, mask, lengths)
+        states = m.encode(ids, lengths)
         for b in range(3):
             n = int(lengths[b])
             x = m.embedding(ids[b : b + 1, :n])  # the valid tokens alone, no padding
@@ -324,6 +324,17 @@ def test_student_trains_on_tfns_slice(shared_data, backend):
     ids, mask = _encode(texts, vocab, 40)
     torch.manual_seed(0)
     m = BiLSTMAttentionStudent(len(vocab) + 2, embed_dim=32, hidden_size=32, backend=backend)
+    # one intra-op thread: these batches are tiny, and on a shared 2-core CI machine OpenMP
+    # spin-waiting of 2 threads makes each step ~30x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train(m, ids, mask, labels)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(m, ids, mask, labels):
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
 

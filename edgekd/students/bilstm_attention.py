@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -87,6 +87,20 @@ def native_available() -> bool:
     except Exception:  # pragma: no cover - import failure of the ops package
         return False
     return hasattr(ops, "masked_bilstm") and hasattr(ops, "masked_attention_pool")
+
+
+def _fast_check_available() -> bool:
+    """True when the C++ input check ``edgekd::student_check_inputs`` is registered."""
+    global _FAST_CHECK
+    if _FAST_CHECK is None:
+        import edgekd.ops  # noqa: F401  (loads edgekd._C)
+        from edgekd import _ext
+
+        _FAST_CHECK = _ext.has_extension() and hasattr(torch.ops.edgekd, "student_check_inputs")
+    return _FAST_CHECK
+
+
+_FAST_CHECK: Optional[bool] = None
 
 
 class _Attention(nn.Module):
@@ -265,12 +279,13 @@ class BiLSTMAttentionStudent(nn.Module):
     # ----------------------------------------------------------------------------------------
     # forward
     # ----------------------------------------------------------------------------------------
-    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Validate a batch and return its lengths (B,) int64.
+    def check_inputs(self, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """Validate a batch; return its lengths (B,) int64 and its mask as bool (B, T).
 
         ``input_ids`` (B, T) int64 in ``[0, vocab_size)``; ``attention_mask`` (B, T) bool or integer
-        with values 0/1, post-padded (ones then zeros) with at least one valid token per row. All
-        value checks share one host sync. Raises :class:`EdgekdValueError` naming the problem.
+        with values 0/1, post-padded (ones then zeros) with at least one valid token per row.
+        Raises :class:`EdgekdValueError` naming the problem. On CPU with ``edgekd._C`` the value
+        checks are one C++ pass; otherwise they share one host sync.
         """
         if not isinstance(input_ids, Tensor) or not isinstance(attention_mask, Tensor):
             raise EdgekdValueError(
@@ -296,15 +311,24 @@ class BiLSTMAttentionStudent(nn.Module):
             )
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise EdgekdValueError(f"BiLSTMAttentionStudent: empty batch, 'input_ids' has shape {tuple(input_ids.shape)}")
-        if input_ids.device != attention_mask.device or input_ids.device != self.embedding.weight.device:
+        device = self.embedding.weight.device
+        if input_ids.device != device or attention_mask.device != device:
             raise EdgekdValueError(
                 f"BiLSTMAttentionStudent: 'input_ids' ({input_ids.device}), 'attention_mask' ({attention_mask.device}) "
-                f"and the model ({self.embedding.weight.device}) must be on the same device"
+                f"and the model ({device}) must be on the same device"
             )
+        if torch.compiler.is_compiling():
+            return attention_mask.sum(dim=1, dtype=torch.int64), attention_mask != 0
+        if _fast_check_available() and device.type == "cpu":
+            lengths, mask, ok = torch.ops.edgekd.student_check_inputs.default(input_ids, attention_mask, self.vocab_size)
+            if ok:
+                return lengths, mask
+        return self._check_values(input_ids, attention_mask)
+
+    def _check_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """Value checks with tensor ops (one host sync); raises with a detailed message."""
         T = input_ids.shape[1]
         lengths = attention_mask.sum(dim=1, dtype=torch.int64)
-        if torch.compiler.is_compiling():
-            return lengths
         # post-padded 0/1 mask <=> mask == (position < length); values like 2 mismatch too
         expected = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
         ok = torch.stack(
@@ -332,13 +356,13 @@ class BiLSTMAttentionStudent(nn.Module):
                 f"BiLSTMAttentionStudent: 'input_ids' must lie in [0, {self.vocab_size}), got values in "
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
             )
-        return lengths
+        return lengths, expected
 
     def lstm_weights(self) -> List[Tensor]:
         """The 8 LSTM tensors in ``nn.LSTM`` order (forward direction, then ``_reverse``)."""
         return [getattr(self.lstm, name) for name in _LSTM_NAMES]
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor, lengths: Tensor) -> Tensor:
+    def encode(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """BiLSTM states (B, T, 2H), zeros at padding, for an already validated batch."""
         x = self.embedding(input_ids)
         T = input_ids.shape[1]
@@ -365,9 +389,8 @@ class BiLSTMAttentionStudent(nn.Module):
             :class:`StudentOutput` with ``logits`` (B, C), ``attention_logits`` (B, T) and
             ``attention`` (B, T), both 0 at padding.
         """
-        lengths = self.check_inputs(input_ids, attention_mask)
-        states = self.encode(input_ids, attention_mask, lengths)
-        mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+        lengths, mask = self.check_inputs(input_ids, attention_mask)
+        states = self.encode(input_ids, lengths)
         if self._use_native:
             from edgekd.ops import masked_attention_pool
 
