@@ -2,8 +2,9 @@
 // what the student's forward needs (lengths, bool mask) and whether the batch is valid: ids in
 // [0, vocab_size), a 0/1 post-padded mask (ones then zeros) with >= 1 valid token per row.
 // It replaces ~15 small tensor ops (and their per-call overhead) on the batch-1 inference path.
-// On failure the Python caller (edgekd/students/bilstm_attention.py) recomputes a detailed
-// EdgekdValueError message; this kernel only reports ok (1) or not (0).
+// The third output is the number of valid tokens N = sum(lengths) (>= B) when the batch is valid
+// and -1 when it is not; on failure the Python caller (edgekd/students/bilstm_attention.py)
+// recomputes a detailed EdgekdValueError message.
 // Internal helper: the schema is defined here because it only exists when edgekd._C is built
 // (the student falls back to plain tensor ops otherwise).
 #include <ATen/ATen.h>
@@ -53,7 +54,9 @@ std::tuple<Tensor, Tensor, int64_t> student_check_inputs(const Tensor& ids_in, c
       Lp[b] = len;
     }
   });
-  return {lengths, mask_bool, ok};
+  int64_t total = 0;
+  for (int64_t b = 0; b < B; ++b) total += Lp[b];
+  return {lengths, mask_bool, ok ? total : int64_t(-1)};
 }
 
 }  // namespace

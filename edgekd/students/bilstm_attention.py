@@ -284,8 +284,16 @@ class BiLSTMAttentionStudent(nn.Module):
 
         ``input_ids`` (B, T) int64 in ``[0, vocab_size)``; ``attention_mask`` (B, T) bool or integer
         with values 0/1, post-padded (ones then zeros) with at least one valid token per row.
-        Raises :class:`EdgekdValueError` naming the problem. On CPU with ``edgekd._C`` the value
-        checks are one C++ pass; otherwise they share one host sync.
+        Raises :class:`EdgekdValueError` naming the problem.
+        """
+        lengths, mask, _ = self._validate(input_ids, attention_mask)
+        return lengths, mask
+
+    def _validate(self, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor, Optional[int]]:
+        """:meth:`check_inputs` plus the number of valid tokens when it comes for free (else None).
+
+        On CPU with ``edgekd._C`` the value checks are one C++ pass (``edgekd::student_check_inputs``);
+        otherwise they are tensor ops sharing one host sync.
         """
         if not isinstance(input_ids, Tensor) or not isinstance(attention_mask, Tensor):
             raise EdgekdValueError(
@@ -318,12 +326,14 @@ class BiLSTMAttentionStudent(nn.Module):
                 f"and the model ({device}) must be on the same device"
             )
         if torch.compiler.is_compiling():
-            return attention_mask.sum(dim=1, dtype=torch.int64), attention_mask != 0
+            return attention_mask.sum(dim=1, dtype=torch.int64), attention_mask != 0, None
         if _fast_check_available() and device.type == "cpu":
-            lengths, mask, ok = torch.ops.edgekd.student_check_inputs.default(input_ids, attention_mask, self.vocab_size)
-            if ok:
-                return lengths, mask
-        return self._check_values(input_ids, attention_mask)
+            lengths, mask, total = torch.ops.edgekd.student_check_inputs.default(
+                input_ids, attention_mask, self.vocab_size
+            )
+            if total > 0:
+                return lengths, mask, total
+        return (*self._check_values(input_ids, attention_mask), None)
 
     def _check_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor]:
         """Value checks with tensor ops (one host sync); raises with a detailed message."""
@@ -362,14 +372,21 @@ class BiLSTMAttentionStudent(nn.Module):
         """The 8 LSTM tensors in ``nn.LSTM`` order (forward direction, then ``_reverse``)."""
         return [getattr(self.lstm, name) for name in _LSTM_NAMES]
 
-    def encode(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        """BiLSTM states (B, T, 2H), zeros at padding, for an already validated batch."""
+    def encode(self, input_ids: Tensor, lengths: Tensor, num_valid: Optional[int] = None) -> Tensor:
+        """BiLSTM states (B, T, 2H), zeros at padding, for an already validated batch.
+
+        ``num_valid`` (``sum(lengths)``, when known) lets the native path call the low-level op
+        directly, skipping the public function's re-validation (the batch is already checked).
+        """
         x = self.embedding(input_ids)
         T = input_ids.shape[1]
         if self._use_native:
-            from edgekd.ops import masked_bilstm
+            if num_valid is not None and not torch.compiler.is_compiling():
+                states = torch.ops.edgekd.masked_bilstm.default(x, lengths, *self.lstm_weights(), num_valid)[0]
+            else:
+                from edgekd.ops import masked_bilstm
 
-            states = masked_bilstm(x, lengths, self.lstm_weights())[0]
+                states = masked_bilstm(x, lengths, self.lstm_weights())[0]
         else:
             from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -389,8 +406,8 @@ class BiLSTMAttentionStudent(nn.Module):
             :class:`StudentOutput` with ``logits`` (B, C), ``attention_logits`` (B, T) and
             ``attention`` (B, T), both 0 at padding.
         """
-        lengths, mask = self.check_inputs(input_ids, attention_mask)
-        states = self.encode(input_ids, lengths)
+        lengths, mask, num_valid = self._validate(input_ids, attention_mask)
+        states = self.encode(input_ids, lengths, num_valid)
         if self._use_native:
             from edgekd.ops import masked_attention_pool
 
