@@ -400,3 +400,15 @@ def test_native_student_compiles_fullgraph():
         a, b = m(ids, mask), compiled(ids, mask)
     for name in ("logits", "attention_logits", "attention"):
         torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=ATOL, rtol=RTOL)
+
+
+def test_dixtill_size_with_realistic_tfns_vocabulary(shared_data):
+    # lowercase whitespace tokens of the TFNS training tweets: ~27.9k distinct, ~8.3k seen twice
+    texts = [t for t, _ in _load_tfns(shared_data / "tfns" / "sent_train.csv", 10_000)]
+    counts = collections.Counter(w for t in texts for w in t.lower().split())
+    v_all = len(counts) + 2  # + pad, unk
+    v_min2 = sum(1 for n in counts.values() if n >= 2) + 2
+    assert 20_000 < v_all and 5_000 < v_min2 < 18_975
+    small = BiLSTMAttentionStudent(v_min2, embed_dim=50, hidden_size=50, backend="reference")
+    assert small.num_parameters() < 1_000_000  # DiXtill size with a min-frequency-2 vocabulary
+    assert 50 * v_all + 51_203 > 1_000_000  # every token kept: over the one-million budget
