@@ -19,3 +19,7 @@ __all__ += ["perturbed_topk_gather", "perturbed_topk_indicators", "topk_indices"
 from edgekd.ops.masked_bilstm import masked_bilstm, masked_bilstm_module  # noqa: E402
 
 __all__ += ["masked_bilstm", "masked_bilstm_module"]
+
+from edgekd.ops.masked_attention_pool import masked_attention_pool  # noqa: E402
+
+__all__ += ["masked_attention_pool"]
