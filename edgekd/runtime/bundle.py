@@ -72,10 +72,10 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> No
             name = info.filename
             if _zip_is_link(info):
                 raise BundleError(f"bundle zip: entry {name!r} is a symbolic link; links are not allowed")
-            mode = info.external_attr >> 16
-            if info.create_system == 3 and mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise BundleError(f"bundle zip: entry {name!r} is not a regular file")
             rel = check_relpath(name.rstrip("/") if info.is_dir() else name, "bundle zip entry")
+            fmt = stat.S_IFMT(info.external_attr >> 16)
+            if info.create_system == 3 and fmt and fmt not in (stat.S_IFREG, stat.S_IFDIR):
+                raise BundleError(f"bundle zip: entry {name!r} is not a regular file")
             if rel in seen:
                 raise BundleError(f"bundle zip: duplicate entry {name!r}")
             seen.add(rel)
