@@ -173,7 +173,7 @@ def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: st
     if count_instructions:
         from edgekd.runtime.emulation import count_x86_instructions
 
-        result["instructions"] = count_x86_instructions(bundle_path, texts[0], bundle.variant["precision"])
+        result["instructions"] = count_x86_instructions(bundle_path, texts[0], [bundle.variant["precision"]])[0]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return result
 
@@ -200,7 +200,7 @@ def _bench_emulated(bundle_path, tgt: str, precision: str, texts) -> dict[str, A
                            if w.isalpha() and not w.startswith("["))
             rng = random.Random(0)
             texts = [" ".join(rng.choice(vocab) for _ in range(20))]
-        emu = run_probe_arm64(root, list(texts)[:1], v["precision"], count_repeat=3)
+        emu = run_probe_arm64(root, list(texts)[:1], [v["precision"]], count_repeat=3)[0]
     return {"bundle": str(bundle_path), "name": manifest.get("name"), "model_kind": manifest.get("model_kind"),
             "variant": v["id"], "target": "arm64", "precision": v["precision"],
             "machine": {"host": machine_info(), "emulated_cpu": emu.get("cpu")},

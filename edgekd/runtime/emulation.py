@@ -3,9 +3,9 @@
 ARM64: the project's ``shared/tools/arm64/setup.sh`` prepares an aarch64 CPython with aarch64
 numpy/onnxruntime/tokenizers wheels under qemu-user (cache: ``~/.cache/edgekd/arm64``, override
 with ``EDGEKD_ARM64_DIR``; tool location override ``EDGEKD_ARM64_TOOL``). Its ``count`` wrapper
-counts guest instructions between marks. x86-64: ``valgrind --tool=callgrind`` (or ``perf stat
--e instructions:u`` when the kernel allows it) counts host instructions; per-inference counts are
-the difference between a run with N extra inferences and one with none, divided by N.
+counts guest instructions between marks. x86-64: ``valgrind --tool=callgrind`` counts host instructions between the same
+marks (``perf stat`` is no use here: it counts the whole process, and hardware counters are not
+available in this container).
 
 Emulated wall-clock time means nothing for a real device, so only instruction counts are kept.
 """
@@ -77,72 +77,65 @@ def _texts_file(texts: Sequence[str], tmp: str) -> str:
     return p
 
 
-def run_probe_arm64(bundle: str | os.PathLike, texts: Sequence[str], precision: str, timeout: float = 300,
-                    count_repeat: int = 0) -> dict[str, Any]:
-    """Run :mod:`edgekd.runtime.probe` on the emulated ARM64 CPU; returns its JSON plus, when
-    ``count_repeat`` > 0, ``instructions_per_inference`` (batch 1, single thread)."""
+def _parse_rows(stdout: str, stderr: str, what: str) -> list[dict[str, Any]]:
+    rows = [json.loads(ln) for ln in stdout.splitlines() if ln.startswith("{")]
+    if not rows:
+        raise EmulationError(f"{what}: the probe printed no result: {stdout[-1000:]} {stderr[-1000:]}")
+    return rows
+
+
+def run_probe_arm64(bundle: str | os.PathLike, texts: Sequence[str], precisions: Sequence[str] = ("auto",),
+                    timeout: float = 600, count_repeat: int = 0) -> list[dict[str, Any]]:
+    """Run :mod:`edgekd.runtime.probe` once on the emulated ARM64 CPU for each precision (one
+    emulated interpreter for all); returns one dict per precision (variant, logits, attention),
+    plus ``instructions_per_inference`` (batch 1, single thread) when ``count_repeat`` > 0."""
     d = ensure_arm64()
     with tempfile.TemporaryDirectory(prefix="edgekd-arm64-") as tmp:
         cmd = [str(d / ("count" if count_repeat else "python")), "-m", "edgekd.runtime.probe", str(bundle),
-               "--target", "arm64", "--precision", precision, "--texts", _texts_file(texts, tmp),
+               "--target", "arm64", "--precision", ",".join(precisions), "--texts", _texts_file(texts, tmp),
                "--repeat", str(count_repeat)]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=tmp)
     if r.returncode != 0:
         raise EmulationError(f"arm64 probe failed (rc={r.returncode}): {r.stderr[-3000:]}")
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise EmulationError(f"arm64 probe printed no result: {r.stdout[-1000:]} {r.stderr[-1000:]}")
-    res = json.loads(lines[-1])
+    rows = _parse_rows(r.stdout, r.stderr, "arm64")
     if count_repeat:
         marks = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"insncount mark (\d+) (\d+)", r.stderr)}
-        if 1 not in marks or 2 not in marks:
-            raise EmulationError(f"arm64 count: marks missing in stderr: {r.stderr[-1000:]}")
-        res["instructions_per_inference"] = (marks[2] - marks[1]) / count_repeat
-        res["cpu"] = (d / "cpu").read_text().strip() if (d / "cpu").is_file() else None
-    return res
+        cpu = (d / "cpu").read_text().strip() if (d / "cpu").is_file() else None
+        for k, row in enumerate(rows):
+            a, b = marks.get(2 * k + 1), marks.get(2 * k + 2)
+            if a is None or b is None:
+                raise EmulationError(f"arm64 count: marks {2 * k + 1}/{2 * k + 2} missing: {r.stderr[-1000:]}")
+            row["instructions_per_inference"] = (b - a) / count_repeat
+            row["cpu"] = cpu
+    return rows
 
 
-def x86_counter() -> str | None:
-    """Which host instruction counter works here: ``"perf"``, ``"callgrind"`` or None."""
-    if shutil.which("perf"):
-        r = subprocess.run(["perf", "stat", "-x,", "-e", "instructions:u", "true"], capture_output=True, text=True)
-        if r.returncode == 0 and re.search(r"^\d+,", r.stderr, re.M):
-            return "perf"
-    if shutil.which("valgrind"):
-        return "callgrind"
-    return None
-
-
-def _count_total(cmd: list[str], counter: str, tmp: str, timeout: float) -> int:
-    if counter == "perf":
-        full = ["perf", "stat", "-x,", "-e", "instructions:u", *cmd]
-    else:
-        full = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *cmd]
-    r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=tmp)
-    if r.returncode != 0:
-        raise EmulationError(f"{counter} failed (rc={r.returncode}): {r.stderr[-2000:]}")
-    if counter == "perf":
-        m = re.search(r"^(\d+),[^,]*,instructions", r.stderr, re.M)
-    else:
-        m = re.search(r"Collected\s*:\s*(\d+)", r.stderr)
-    if not m:
-        raise EmulationError(f"{counter}: no instruction total in output: {r.stderr[-1000:]}")
-    return int(m.group(1))
-
-
-def count_x86_instructions(bundle: str | os.PathLike, text: str, precision: str, repeat: int = 5,
-                           timeout: float = 900) -> dict[str, Any]:
-    """Host (x86-64) instructions per batch-1 inference of ``text``: (total with ``repeat`` extra
-    inferences - total with none) / ``repeat``; single-threaded onnxruntime."""
-    counter = x86_counter()
-    if counter is None:
-        raise EmulationError("x86 instruction count: neither perf nor valgrind is usable here")
+def count_x86_instructions(bundle: str | os.PathLike, text: str, precisions: Sequence[str] = ("auto",),
+                           repeat: int = 3, timeout: float = 1800) -> list[dict[str, Any]]:
+    """Host (x86-64) instructions per batch-1 ``session.run`` of ``text``, single-threaded, with
+    ``valgrind --tool=callgrind --dump-before=getsid``: the probe's marks split the profile into
+    parts and the part between a variant's two marks holds exactly ``repeat`` inferences."""
+    if not shutil.which("valgrind"):
+        raise EmulationError("x86 instruction count: valgrind is not installed")
     with tempfile.TemporaryDirectory(prefix="edgekd-count-") as tmp:
         tf = _texts_file([text], tmp)
-        base = [sys.executable, "-m", "edgekd.runtime.probe", str(bundle), "--target", "x86_64",
-                "--precision", precision, "--texts", tf, "--no-output"]
-        t0 = _count_total(base + ["--repeat", "0"], counter, tmp, timeout)
-        t1 = _count_total(base + ["--repeat", str(repeat)], counter, tmp, timeout)
-    return {"instructions_per_inference": (t1 - t0) / repeat, "counter": counter, "repeat": repeat,
-            "note": "valgrind reports CPUID without AVX-512, so ORT takes its AVX2 kernels under callgrind"
-            if counter == "callgrind" else "perf stat -e instructions:u"}
+        cmd = ["valgrind", "--tool=callgrind", "--dump-before=getsid", f"--callgrind-out-file={tmp}/cg.out",
+               sys.executable, "-m", "edgekd.runtime.probe", str(bundle), "--target", "x86_64",
+               "--precision", ",".join(precisions), "--texts", tf, "--no-output", "--repeat", str(repeat)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=tmp)
+        if r.returncode != 0:
+            raise EmulationError(f"callgrind failed (rc={r.returncode}): {r.stderr[-2000:]}")
+        rows = _parse_rows(r.stdout, r.stderr, "callgrind")
+        parts = {}
+        for p in pathlib.Path(tmp).glob("cg.out*"):
+            m = re.search(r"^part:\s*(\d+)", p.read_text(errors="replace"), re.M)
+            tot = re.search(r"^(?:summary|totals):\s*(\d+)", p.read_text(errors="replace"), re.M)
+            if m and tot:
+                parts[int(m.group(1))] = int(tot.group(1))
+    for k, row in enumerate(rows):
+        # dump k*2+1 ends at the variant's first mark; part 2k+2 runs from it to the second mark
+        if 2 * k + 2 not in parts:
+            raise EmulationError(f"callgrind: profile part {2 * k + 2} missing (have {sorted(parts)})")
+        row.update({"instructions_per_inference": parts[2 * k + 2] / repeat, "repeat": repeat,
+                    "counter": "valgrind --tool=callgrind (CPUID as valgrind emulates it: AVX2, no AVX-512/VNNI)"})
+    return rows
