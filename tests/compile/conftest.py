@@ -46,23 +46,20 @@ def make_word_tokenizer(texts: list[str], path: pathlib.Path) -> pathlib.Path:
 
 def save_random_student(out: pathlib.Path, vocab_size: int, E: int = 16, H: int = 12, A: int = 10, C: int = 3,
                         seed: int = 0, scale: float = 0.5) -> pathlib.Path:
-    """Write config.json + model.safetensors in the student's fixed layout with random weights."""
-    from safetensors.numpy import save_file
+    """Save an edgekd BiLSTMAttentionStudent with random weights (std ``scale``, so that logits
+    and attention are far from uniform) through its own ``save_pretrained``."""
+    import torch
 
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    r = lambda *s: (rng.standard_normal(s) * scale).astype(np.float32)  # noqa: E731
-    t = {"embedding.weight": r(vocab_size, E), "attention.W": r(A, 2 * H), "attention.v": r(A),
-         "classifier.weight": r(C, 2 * H), "classifier.bias": r(C)}
-    t["embedding.weight"][0] = 0.0
-    for s in ("", "_reverse"):
-        t[f"lstm.weight_ih_l0{s}"], t[f"lstm.weight_hh_l0{s}"] = r(4 * H, E), r(4 * H, H)
-        t[f"lstm.bias_ih_l0{s}"], t[f"lstm.bias_hh_l0{s}"] = r(4 * H), r(4 * H)
-    save_file(t, str(out / "model.safetensors"))
-    cfg = {"model_type": "bilstm_attention", "vocab_size": vocab_size, "embed_dim": E, "hidden_size": H,
-           "num_classes": C, "pad_id": 0, "attention_dim": A, "dropout": 0.0, "label_names": LABEL_NAMES[:C],
-           "edgekd_version": "0.1.0"}
-    (out / "config.json").write_text(json.dumps(cfg))
+    from edgekd.students import BiLSTMAttentionStudent
+
+    torch.manual_seed(seed)
+    model = BiLSTMAttentionStudent(vocab_size, embed_dim=E, hidden_size=H, num_classes=C, pad_id=0,
+                                   attention_dim=A, label_names=LABEL_NAMES[:C])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, scale)
+        model.embedding.weight[0] = 0.0
+    model.save_pretrained(out)
     return out
 
 
@@ -90,20 +87,3 @@ def student_bundle(tmp_path_factory, student_dir) -> pathlib.Path:
     return compile_student(student_dir, out, eval_texts=TEXTS, eval_labels=LABELS, max_length=16,
                            arm64_check=False, progress=False)
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _student_reference():
-    """Parity reference: edgekd.students when present, else the independent packed-LSTM module."""
-    import importlib.util
-
-    import edgekd.compile.specs as specs
-
-    if importlib.util.find_spec("edgekd.students") is not None:
-        yield
-        return
-    from _torch_student import PackedStudent
-
-    orig = specs.load_torch_student
-    specs.load_torch_student = lambda d: PackedStudent(d).eval()
-    yield
-    specs.load_torch_student = orig

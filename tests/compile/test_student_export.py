@@ -45,6 +45,11 @@ def test_onnx_matches_pytorch_and_numpy(student_dir, lengths, T):
     logits, att = _session(build_student_onnx(spec.weights)).run(None, {"input_ids": ids, "attention_mask": mask})
     ref = spec.reference_logits({"input_ids": ids, "attention_mask": mask})
     assert np.abs(logits - ref).max() <= 1e-4
+    import torch
+
+    with torch.no_grad():
+        pt = spec.torch_model()(torch.from_numpy(ids), torch.from_numpy(mask))
+    assert np.abs(att - pt.attention.numpy()).max() <= 1e-5
     assert np.abs(logits - student_numpy_reference(spec.weights, ids, mask)).max() <= 1e-4
     assert np.all(att[mask == 0] == 0.0)
     np.testing.assert_allclose(att.sum(1), 1.0, atol=1e-5)
