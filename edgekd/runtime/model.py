@@ -58,6 +58,8 @@ def select_variant(manifest: dict[str, Any], target: str = "auto", precision: st
             raise BundleError(f"target: unknown target {target!r}; this bundle has {have}") from exc
         if features is None:
             features = cpu_features() if tgt == host_target() else frozenset()
+    if has_int8_dot_product(tgt, frozenset(features)):
+        features = frozenset(features) | {"int8_dot"}  # virtual feature: VNNI / asimddp
     if tgt not in have:
         raise BundleError(f"target: the bundle has no variant for target {tgt!r}; it has {have}")
     if precision not in ("auto",) + PRECISIONS:
