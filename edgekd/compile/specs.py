@@ -1,0 +1,286 @@
+"""Declarative export specs, one small class per model kind, registered by a decorator
+(optimum's ``OnnxConfig`` design, scaled down).
+
+A spec knows: its inputs (names, dtypes, named dynamic axes), its outputs, how to make dummy
+inputs, how to export the model to an ONNX file, how to compute the PyTorch reference logits on
+the same feeds, and the fp32 tolerance the export must meet. :func:`edgekd.compile.compile_model`
+does the rest (optimisation, quantisation, parity, bundle) generically, so a new model kind (a
+token-pruned transformer, say) is one more registered class.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from edgekd.errors import EdgekdValueError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, element type and the names of its (dynamic) axes."""
+
+    name: str
+    dtype: str = "int64"
+    axes: tuple[str, ...] = ("batch", "sequence")
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.axes)}
+
+
+_REGISTRY: dict[str, type["ExportSpec"]] = {}
+
+
+def register_export_spec(kind: str) -> Callable[[type["ExportSpec"]], type["ExportSpec"]]:
+    """Class decorator: ``@register_export_spec("bilstm_attention")``."""
+
+    def deco(cls: type[ExportSpec]) -> type[ExportSpec]:
+        if kind in _REGISTRY:
+            raise EdgekdValueError(f"export spec {kind!r} is already registered by {_REGISTRY[kind].__name__}")
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return cls
+
+    return deco
+
+
+def get_export_spec(kind: str) -> type["ExportSpec"]:
+    if kind not in _REGISTRY:
+        raise EdgekdValueError(f"model_kind: unknown model kind {kind!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[kind]
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def post_padded_dummy(batch: int, seq: int, vocab: int, low: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids in ``[low, vocab)`` with post-padding: row lengths vary from 1 to ``seq``."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(low, vocab, size=(batch, seq), dtype=np.int64)
+    lengths = np.linspace(seq, 1, batch).round().astype(int) if batch > 1 else np.array([seq])
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+class ExportSpec:
+    """Base class: subclasses set the class attributes and implement the methods."""
+
+    kind: ClassVar[str] = ""
+    inputs: ClassVar[tuple[InputSpec, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ("logits",)
+    #: fp32 ONNX vs PyTorch: max abs logit difference allowed
+    fp32_atol: ClassVar[float] = 1e-4
+    #: name of the output that explains predictions (per-token weights), if any
+    explanation_output: ClassVar[str | None] = None
+    #: op types ORT's dynamic quantisation should quantise for this kind
+    quantize_op_types: ClassVar[tuple[str, ...]] = ("MatMul",)
+
+    def __init__(self, source: str | pathlib.Path, tokenizer: str | pathlib.Path | None = None):
+        self.source = pathlib.Path(source)
+        if not self.source.is_dir():
+            raise EdgekdValueError(f"source: expected a model directory, got {source!r} (not a directory)")
+        tok = pathlib.Path(tokenizer) if tokenizer is not None else self.source / "tokenizer.json"
+        if not tok.is_file():
+            raise EdgekdValueError(f"tokenizer: expected a tokenizers 'tokenizer.json', {tok} does not exist")
+        self.tokenizer_path = tok
+
+    # to implement ------------------------------------------------------------------------------
+    def label_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def dummy_inputs(self, batch: int = 3, seq: int = 9, seed: int = 0) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def export(self, path: pathlib.Path, opset: int) -> None:
+        raise NotImplementedError
+
+    def reference_logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def preprocessing(self, max_length: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # shared ------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": str(self.source)}
+
+
+def _tokenizer_info(path: pathlib.Path) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    norm = json.dumps(spec.get("normalizer") or {})
+    return {"tokenizer": tok, "lowercase": "Lowercase" in norm or '"lowercase": true' in norm,
+            "model_type": (spec.get("model") or {}).get("type")}
+
+
+@register_export_spec("bilstm_attention")
+class StudentExportSpec(ExportSpec):
+    """The BiLSTM + masked-attention student: graph built from the weights (see
+    :mod:`edgekd.compile.student_onnx`), reference from :class:`edgekd.students.BiLSTMAttentionStudent`."""
+
+    inputs = (InputSpec("input_ids"), InputSpec("attention_mask"))
+    outputs = ("logits", "attention")
+    fp32_atol = 1e-4
+    explanation_output = "attention"
+    quantize_op_types = ("LSTM", "MatMul", "Gather")
+
+    def __init__(self, source, tokenizer=None):
+        super().__init__(source, tokenizer)
+        from edgekd.compile.student_onnx import load_student_weights
+
+        self.weights = load_student_weights(self.source)
+        self.config = self.weights.config
+        self._torch_model = None
+
+    def label_names(self) -> list[str]:
+        names = self.config.get("label_names")
+        C = int(self.config["num_classes"])
+        if not names:
+            return [f"LABEL_{i}" for i in range(C)]
+        if len(names) != C:
+            raise EdgekdValueError(f"config.json: label_names has {len(names)} names for num_classes={C}")
+        return list(names)
+
+    def dummy_inputs(self, batch=3, seq=9, seed=0):
+        return post_padded_dummy(batch, seq, int(self.config["vocab_size"]), 2, seed)
+
+    def export(self, path, opset):
+        import onnx
+
+        from edgekd.compile.student_onnx import build_student_onnx
+
+        onnx.save(build_student_onnx(self.weights, opset=opset), str(path))
+
+    def torch_model(self):
+        if self._torch_model is None:
+            self._torch_model = load_torch_student(self.source)
+        return self._torch_model
+
+    def reference_logits(self, feeds):
+        import torch
+
+        model = self.torch_model()
+        with torch.no_grad():
+            out = model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+        logits = out["logits"] if isinstance(out, dict) else getattr(out, "logits", out)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return logits.detach().float().numpy()
+
+    def preprocessing(self, max_length):
+        info = _tokenizer_info(self.tokenizer_path)
+        tok = info["tokenizer"]
+        unk = tok.token_to_id("[UNK]")
+        pad = int(self.config["pad_id"])
+        if tok.token_to_id("[PAD]") not in (None, pad):
+            raise EdgekdValueError(
+                f"tokenizer: [PAD] has id {tok.token_to_id('[PAD]')} but the student's pad_id is {pad}"
+            )
+        if tok.get_vocab_size() > int(self.config["vocab_size"]):
+            raise EdgekdValueError(
+                f"tokenizer: {tok.get_vocab_size()} tokens but the student's vocab_size is {self.config['vocab_size']}"
+            )
+        return {"tokenizer": "tokenizer.json", "tokenizer_model": info["model_type"], "max_length": int(max_length),
+                "lowercase": info["lowercase"], "pad_id": pad, "unk_id": unk, "padding": "post",
+                "truncation": "keep the first max_length tokens",
+                "empty_input": "fed as one [UNK] token; flagged in Predictions.empty"}
+
+
+def load_torch_student(model_dir: pathlib.Path):
+    """The PyTorch student from ``edgekd.students`` (the reference of the export)."""
+    try:
+        from edgekd.students import BiLSTMAttentionStudent
+    except ImportError as exc:  # pragma: no cover - depends on the student module being present
+        raise EdgekdValueError(f"reference: edgekd.students.BiLSTMAttentionStudent is not available: {exc}") from exc
+    model = BiLSTMAttentionStudent.from_pretrained(str(model_dir))
+    return model.eval()
+
+
+@register_export_spec("hf_sequence_classification")
+class HFSequenceClassificationSpec(ExportSpec):
+    """A Hugging Face ``*ForSequenceClassification`` model directory (config, weights,
+    ``tokenizer.json``), exported with ``torch.onnx.export``."""
+
+    inputs = (InputSpec("input_ids"), InputSpec("attention_mask"), InputSpec("token_type_ids"))
+    outputs = ("logits",)
+    fp32_atol = 1e-4
+    explanation_output = None
+    quantize_op_types = ("MatMul", "Attention", "Gather", "Gemm")
+
+    def __init__(self, source, tokenizer=None):
+        super().__init__(source, tokenizer)
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            from transformers import AutoModelForSequenceClassification
+
+            self._model = AutoModelForSequenceClassification.from_pretrained(str(self.source)).eval()
+        return self._model
+
+    @property
+    def input_names(self) -> list[str]:
+        params = inspect.signature(self.model().forward).parameters
+        names = ["input_ids", "attention_mask"]
+        if "token_type_ids" in params and getattr(self.model().config, "type_vocab_size", 0):
+            names.append("token_type_ids")
+        return names
+
+    def label_names(self):
+        cfg = self.model().config
+        return [cfg.id2label[i] for i in range(cfg.num_labels)]
+
+    def dummy_inputs(self, batch=3, seq=9, seed=0):
+        feeds = post_padded_dummy(batch, seq, int(self.model().config.vocab_size), 1000 if self.model().config.vocab_size > 2000 else 1, seed)
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        return feeds
+
+    def export(self, path, opset):
+        import torch
+
+        names = self.input_names
+        model = self.model()
+
+        class LogitsOnly(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, *args):
+                return self.m(**dict(zip(names, args)), return_dict=True).logits
+
+        dummy = self.dummy_inputs(batch=2, seq=8)
+        args = tuple(torch.from_numpy(dummy[n]) for n in names)
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes["logits"] = {0: "batch"}
+        with torch.no_grad():
+            torch.onnx.export(LogitsOnly(model), args, str(path), input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+
+    def reference_logits(self, feeds):
+        import torch
+
+        with torch.no_grad():
+            out = self.model()(**{k: torch.from_numpy(v) for k, v in feeds.items() if k in self.input_names})
+        return out.logits.float().numpy()
+
+    def preprocessing(self, max_length):
+        info = _tokenizer_info(self.tokenizer_path)
+        tok = info["tokenizer"]
+        limit = int(getattr(self.model().config, "max_position_embeddings", max_length))
+        if max_length > limit:
+            raise EdgekdValueError(f"max_length: {max_length} exceeds the model's max_position_embeddings {limit}")
+        pad = tok.token_to_id("[PAD]")
+        return {"tokenizer": "tokenizer.json", "tokenizer_model": info["model_type"], "max_length": int(max_length),
+                "lowercase": info["lowercase"], "pad_id": 0 if pad is None else int(pad),
+                "unk_id": tok.token_to_id("[UNK]"), "padding": "post",
+                "truncation": "keep the first max_length tokens (special tokens included)",
+                "empty_input": "fed as the tokenizer's special tokens only; flagged in Predictions.empty"}

@@ -1,0 +1,28 @@
+"""ARM64 parity under emulation (qemu-user, ../shared/tools/arm64): the bundle's arm64 variants
+run on an emulated Neoverse-N1 give the same outputs as this machine. Skipped only when the
+emulator's setup script is absent; any other failure fails."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import LABELS, TEXTS
+from edgekd.runtime.emulation import arm64_available, arm64_tool
+
+pytestmark = pytest.mark.skipif(not arm64_available(), reason=f"ARM64 emulator setup script not found at {arm64_tool()}")
+
+
+def test_arm64_variants_match_host_and_count(student_bundle):
+    from edgekd.compile.arm64 import check_arm64_bundle
+
+    res = check_arm64_bundle(student_bundle, TEXTS[:6], LABELS[:6], count_repeat=2)
+    assert set(res) == {"arm64-fp32", "arm64-int8"}
+    fp32, int8 = res["arm64-fp32"], res["arm64-int8"]
+    assert fp32["max_abs_logit_diff_vs_host_same_file"] <= 1e-4
+    assert fp32["max_abs_attention_diff_vs_host_same_file"] <= 1e-4
+    # int8 (full-range weights): exact vs the host's int8 run on a VNNI host, else close to fp32
+    assert int8["max_abs_logit_diff_vs_host_fp32"] <= 0.25
+    assert int8["label_agreement_on_clear_margins"] in (None, 1.0)
+    for r in (fp32, int8):
+        # a tiny BiLSTM: well above zero, far below a transformer's ~1e8+
+        assert 1e4 < r["instructions_per_inference"] < 5e7
+        assert r["emulated_cpu"] == "neoverse-n1"
