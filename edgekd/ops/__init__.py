@@ -7,3 +7,7 @@ only when the extension is missing, the pure-PyTorch CPU fallback.
 from edgekd._ext import has_extension  # noqa: F401  (loads edgekd._C first)
 
 __all__ = ["has_extension"]
+
+from edgekd.ops.masked_attention_pool import masked_attention_pool  # noqa: E402
+
+__all__ += ["masked_attention_pool"]
