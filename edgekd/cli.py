@@ -14,7 +14,10 @@ from edgekd import __version__
 from edgekd.errors import EdgekdError
 
 # module paths that expose register(subparsers); each area adds its own line
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = [
+    "edgekd.teacher.cli",
+    "edgekd.distill.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,17 +79,14 @@ class TextDataset:
             raise EdgekdValueError(f"head: n must be >= 1, got {n}")
         return self.select(range(n))
 
-    def stratified_sample(self, n: int | None, seed: int = 0) -> "TextDataset":
-        """A class-stratified random subset of ``n`` rows (original order kept); all rows if ``n`` is None."""
-        if n is None or n >= len(self):
-            return self
-        if n < 1:
-            raise EdgekdValueError(f"stratified_sample: n must be >= 1, got {n}")
+    def stratified_indices(self, n: int, seed: int = 0) -> list[int]:
+        """Sorted indices of a class-stratified random subset of ``n`` rows."""
+        if not 1 <= n <= len(self):
+            raise EdgekdValueError(f"stratified_indices: n must be in 1..{len(self)}, got {n}")
         rng = random.Random(seed)
         by_class: dict[int, list[int]] = {}
         for i, y in enumerate(self.labels):
             by_class.setdefault(y, []).append(i)
-        chosen: list[int] = []
         total = len(self)
         # largest-remainder allocation so the subset has exactly n rows
         quotas = {c: n * len(ix) / total for c, ix in by_class.items()}
@@ -97,9 +94,18 @@ class TextDataset:
         rest = n - sum(counts.values())
         for c in sorted(quotas, key=lambda c: quotas[c] - counts[c], reverse=True)[:rest]:
             counts[c] += 1
-        for c, ix in by_class.items():
+        chosen: list[int] = []
+        for c, ix in sorted(by_class.items()):
             chosen.extend(rng.sample(ix, counts[c]))
-        return self.select(sorted(chosen))
+        return sorted(chosen)
+
+    def stratified_sample(self, n: int | None, seed: int = 0) -> "TextDataset":
+        """A class-stratified random subset of ``n`` rows (original order kept); all rows if ``n`` is None."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise EdgekdValueError(f"stratified_sample: n must be >= 1, got {n}")
+        return self.select(self.stratified_indices(n, seed))
 
     def fingerprint(self) -> str:
         """sha256 over texts, labels and label names (used as a cache key)."""
