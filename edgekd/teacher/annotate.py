@@ -319,7 +319,6 @@ def annotate(
                     f.unlink()
         mp.write_text(json.dumps(meta, indent=2))
     n_chunks = (n + chunk_size - 1) // chunk_size
-    attributor = _Attributor(teacher, ig) if ig is not None and wanted.any() else None
 
     from tqdm.auto import tqdm
 
@@ -340,6 +339,8 @@ def annotate(
         else:
             todo.append(k)
     work = int(sum(min(chunk_size, n - k * chunk_size) for k in todo))
+    need_ig = ig is not None and any(wanted[k * chunk_size : (k + 1) * chunk_size].any() for k in todo)
+    attributor = _Attributor(teacher, ig) if need_ig else None
     bar = tqdm(total=work, desc="teacher annotate" + (f" (IG {ig.steps} steps)" if attributor else " (logits)"),
                disable=not progress or not todo, unit="text")
     for k in todo:
