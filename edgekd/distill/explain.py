@@ -22,13 +22,13 @@ class Explanation:
     """One text's prediction and per-word scores."""
 
     text: str
-    words: list[str]
+    words: list[str]  # the words as written in ``text`` (their character spans are ``offsets``)
     offsets: list[tuple[int, int]]
     attention: np.ndarray
     attention_logits: np.ndarray
     probs: np.ndarray
     label_names: list[str]
-    extra: dict = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list)  # the student's vocabulary tokens ([UNK] for OOV)
 
     @property
     def label(self) -> str:
@@ -49,9 +49,10 @@ class Explanation:
         top = float(self.attention.max()) if self.attention.size else 1.0
         wlen = max((len(w) for w in self.words), default=4)
         lines.append(f"{'word':<{wlen}}  {'attention':>9}  {'logit':>8}")
-        for w, a, lg in zip(self.words, self.attention, self.attention_logits):
+        for i, (w, a, lg) in enumerate(zip(self.words, self.attention, self.attention_logits)):
             bar = "#" * int(round(width * float(a) / top)) if top > 0 else ""
-            lines.append(f"{w:<{wlen}}  {float(a):9.4f}  {float(lg):8.3f}  {bar}")
+            oov = "  (out of vocabulary)" if i < len(self.tokens) and self.tokens[i] == "[UNK]" else ""
+            lines.append(f"{w:<{wlen}}  {float(a):9.4f}  {float(lg):8.3f}  {bar}{oov}")
         return "\n".join(lines)
 
     def to_html_fragment(self) -> str:
@@ -59,7 +60,7 @@ class Explanation:
         top = float(self.attention.max()) if self.attention.size else 1.0
         parts: list[str] = []
         pos = 0
-        for w, (s, e), a, lg in zip(self.words, self.offsets, self.attention, self.attention_logits):
+        for w, (s, e), a, lg in zip(self.tokens or self.words, self.offsets, self.attention, self.attention_logits):
             if s > pos:
                 parts.append(html.escape(self.text[pos:s]))
             alpha = float(a) / top if top > 0 else 0.0
@@ -128,7 +129,9 @@ def explain(student, tokenizer, texts: Sequence[str] | str, label_names: Sequenc
     res = []
     for i, (t, (wid, words, offs)) in enumerate(zip(texts, encs)):
         n = len(wid)
-        res.append(Explanation(t, list(words), [tuple(o) for o in offs], att[i, :n], alog[i, :n], probs[i], names))
+        spans = [tuple(o) for o in offs]
+        res.append(Explanation(t, [t[a:b] for a, b in spans], spans, att[i, :n], alog[i, :n], probs[i], names,
+                               tokens=list(words)))
     return res
 
 

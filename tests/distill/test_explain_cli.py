@@ -21,7 +21,8 @@ def test_explain_text_and_html(tmp_path):
     st = BiLSTMAttentionStudent(tok.vocab_size, embed_dim=8, hidden_size=8, label_names=["bear", "bull", "neutral"])
     exps = explain(st, tok, TEXTS[:2])
     e = exps[0]
-    assert e.words == ["$aapl", "soars", "5%", "after", "<", "earnings", ">", "beat"]
+    assert e.words == ["$AAPL", "soars", "5%", "after", "<", "earnings", ">", "beat"]
+    assert e.tokens == ["$aapl", "soars", "5%", "after", "<", "earnings", ">", "beat"]
     assert e.attention.shape == (8,) and e.attention.sum() == pytest.approx(1.0, abs=1e-5)
     assert e.label in ["bear", "bull", "neutral"] and e.probs.sum() == pytest.approx(1.0, abs=1e-5)
     txt = e.to_text()
