@@ -17,6 +17,7 @@ quantised and measured.
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 import tempfile
 from typing import Iterable, Mapping
@@ -26,6 +27,8 @@ import numpy as np
 from edgekd.errors import EdgekdValueError
 
 __all__ = ["quantize_dynamic", "quantize_static", "CALIBRATION_METHODS", "QUANT_TYPES"]
+
+_log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("qint8", "quint8")
@@ -54,7 +57,11 @@ def _preprocessed(src: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = workdir / "preprocessed.onnx"
-    quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+    except Exception as exc:  # symbolic shape inference cannot follow some dynamic graphs
+        _log.warning("symbolic shape inference failed (%s); pre-processing without it", exc)
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     return out
 
 
