@@ -7,3 +7,11 @@ only when the extension is missing, the pure-PyTorch CPU fallback.
 from edgekd._ext import has_extension  # noqa: F401  (loads edgekd._C first)
 
 __all__ = ["has_extension"]
+
+from edgekd.ops.perturbed_topk import (  # noqa: E402
+    perturbed_topk_gather,
+    perturbed_topk_indicators,
+    topk_indices,
+)
+
+__all__ += ["perturbed_topk_gather", "perturbed_topk_indicators", "topk_indices"]
