@@ -2,28 +2,20 @@
 
 >>> from edgekd.distill import Distiller, DistillConfig          # doctest: +SKIP
 >>> report = Distiller(DistillConfig(train_limit=2000, epochs=3)).run()   # doctest: +SKIP
-"""
-from edgekd.distill.api import (
-    ALL_METHODS,
-    DistillConfig,
-    Distiller,
-    MethodResult,
-    distill,
-    format_table,
-    profile_config,
-    student_attention_logits,
-    student_integrated_gradients,
-)
-from edgekd.distill.explain import Explanation, explain, save_html, to_html_page
-from edgekd.distill.losses import cross_entropy, distillation_loss, kl_loss, mse_loss, xai_loss
-from edgekd.distill.metrics import classification_metrics, explanation_agreement, feature_agreement, sign_agreement
-from edgekd.distill.trainer import EncodedSplit, TrainConfig, TrainResult, train_student
 
-__all__ = [
-    "ALL_METHODS", "DistillConfig", "Distiller", "MethodResult", "distill", "format_table", "profile_config",
-    "student_attention_logits", "student_integrated_gradients",
-    "Explanation", "explain", "save_html", "to_html_page",
-    "cross_entropy", "kl_loss", "mse_loss", "xai_loss", "distillation_loss",
-    "classification_metrics", "explanation_agreement", "feature_agreement", "sign_agreement",
-    "EncodedSplit", "TrainConfig", "TrainResult", "train_student",
-]
+The names below are imported on first use (the CLI imports this package to register its
+commands, and the torch-free commands must not pay for torch).
+"""
+from edgekd._lazy import lazy_package
+
+_EXPORTS = {
+    **dict.fromkeys(
+        ["ALL_METHODS", "DistillConfig", "Distiller", "MethodResult", "distill", "format_table", "profile_config",
+         "student_attention_logits", "student_integrated_gradients"], "api"),
+    **dict.fromkeys(["Explanation", "explain", "save_html", "to_html_page"], "explain"),
+    **dict.fromkeys(["cross_entropy", "kl_loss", "mse_loss", "xai_loss", "distillation_loss"], "losses"),
+    **dict.fromkeys(["classification_metrics", "explanation_agreement", "feature_agreement", "sign_agreement"],
+                    "metrics"),
+    **dict.fromkeys(["EncodedSplit", "TrainConfig", "TrainResult", "train_student"], "trainer"),
+}
+lazy_package(__name__, _EXPORTS)

@@ -1,15 +1,11 @@
 """Transformer teachers: wrap or fine-tune a Hugging Face classifier, and annotate data with its
-logits and Integrated-Gradients word attributions (cached on disk)."""
-from edgekd.teacher.annotate import Annotations, IGConfig, annotate, merge_subwords_to_words
-from edgekd.teacher.model import FinetuneConfig, Teacher, finetune_teacher, hash_model_dir
+logits and Integrated-Gradients word attributions (cached on disk).
 
-__all__ = [
-    "Teacher",
-    "FinetuneConfig",
-    "finetune_teacher",
-    "hash_model_dir",
-    "IGConfig",
-    "Annotations",
-    "annotate",
-    "merge_subwords_to_words",
-]
+The names below are imported on first use (torch and transformers load only when needed)."""
+from edgekd._lazy import lazy_package
+
+_EXPORTS = {
+    **dict.fromkeys(["IGConfig", "Annotations", "annotate", "merge_subwords_to_words"], "annotate"),
+    **dict.fromkeys(["Teacher", "FinetuneConfig", "finetune_teacher", "hash_model_dir"], "model"),
+}
+lazy_package(__name__, _EXPORTS)
