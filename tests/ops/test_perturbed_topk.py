@@ -81,7 +81,7 @@ def check_all(impl_fwd, impl_bwd, impl_ind, impl_indb, scores, x, noise, mask, k
 
 
 @needs_ext
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 3),
     N=st.integers(1, 37),
@@ -164,7 +164,7 @@ def _tk():
         (1, 1, 1, 1, 1, False, torch.float32),  # length 1
         (2, 13, 5, 3, 1, True, torch.float32),  # k = 1, mask
         (2, 17, 3, 4, 17, False, torch.float32),  # k = N
-        (3, 31, 7, 5, 6, True, torch.float64),  # prime N, float64
+        (2, 23, 5, 3, 6, True, torch.float64),  # prime N, float64
         (1, 40, 130, 2, 9, False, torch.float32),  # D above one column block
     ],
 )
@@ -178,7 +178,7 @@ def test_triton_matches_reference(B, N, D, S, k, masked, dtype):
 
 
 @triton_mark
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 2), N=st.integers(2, 24), D=st.integers(1, 6), S=st.integers(1, 3),
     seed=st.integers(0, 1000), masked=st.booleans(),
@@ -400,9 +400,8 @@ def test_determinism():
 # registration: opcheck, torch.compile
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_opcheck(masked):
-    scores, x, noise, mask, k, grad, grad_ind = make_case(2, 9, 3, 4, 3, 1, masked)
+def test_opcheck():
+    scores, x, noise, mask, k, grad, grad_ind = make_case(2, 9, 3, 4, 3, 1, True)
     scores.requires_grad_(True)
     x.requires_grad_(True)
     test_utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
