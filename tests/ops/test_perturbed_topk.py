@@ -241,6 +241,16 @@ def test_backward_matches_dense_estimator(masked):
     )
 
 
+def test_gradcheck_x():
+    """The output is linear in x for fixed noise, so dL/dx is a true derivative: gradcheck it.
+    (The scores gradient is the perturbed-optimiser estimator of the smoothed expectation, not the
+    derivative of the piecewise-constant Monte-Carlo forward; it is checked against the dense
+    estimator above and against the closed form below.)"""
+    scores, x, noise, mask, k, _, _ = make_case(2, 7, 3, 3, 3, 13, True, torch.float64)
+    xx = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: G(scores, t, noise, mask, k, 0.3)[0], (xx,))
+
+
 def test_diagonal_estimator_matches_public_code():
     """estimator='diagonal' equals the PerturbedTopKFunction backward (einsum on dense one-hots)."""
     B, N, S, sigma, k = 2, 9, 5, 0.3, 3
