@@ -406,6 +406,22 @@ def test_determinism():
     assert not torch.equal(other, runs[0][0])
 
 
+@needs_ext
+def test_cpp_result_independent_of_thread_count():
+    scores, x, noise, mask, k, grad, _ = make_case(3, 200, 16, 20, 40, 6, True)
+    res = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, idx = G(scores, x, noise, mask, k, 0.2)
+            res.append((out, idx, *GB(grad, x, noise, idx, 0.2)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------
 # registration: opcheck, torch.compile
 
