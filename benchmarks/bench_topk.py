@@ -7,7 +7,8 @@ Implementations, all on the same inputs and the same noise (B, S, N), all with t
   samples, then ``einsum("bkn,bnd->bkd")``; the backward contracts the saved one-hots with the noise
   (``einsum`` over (B, S, k, N)), as the public code does, but with the exact contraction.
 - ``pytorch_fused``: plain PyTorch without one-hots: ``torch.topk`` + sort per sample, expand + gather
-  of the selected rows (B, S, k, D), mean; backward ``edgekd.ops.perturbed_topk.reference_gather_backward``.
+  of the selected rows (B, S, k, D) with ``index_select``, mean; backward
+  ``edgekd.ops.perturbed_topk.reference_gather_backward`` (matmul for <G, Y_s>, ``index_add_`` for dL/dx).
 - ``edgekd``: the registered op ``torch.ops.edgekd.perturbed_topk_gather`` (C++ on CPU, Triton on CUDA).
 
 Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` on CPU (median and IQR),
@@ -88,7 +89,7 @@ class _PytorchFused(torch.autograd.Function):
         S = noise.shape[1]
         perturbed = scores[:, None, :] + sigma * noise
         indices = torch.topk(perturbed, k, dim=-1, sorted=False).indices.sort(dim=-1).values
-        rows = x.gather(1, indices.reshape(B, S * k, 1).expand(B, S * k, D)).view(B, S, k, D)
+        rows = pt._gather_rows(x, indices)  # index_select of the selected rows: (B, S, k, D)
         ctx.save_for_backward(x, noise, indices)
         ctx.sigma = sigma
         return rows.mean(dim=1)
@@ -137,6 +138,8 @@ def _rss_kb(field: str) -> int:
 
 
 def memory_child(impl, B, N, D, S, k):
+    if os.environ.get("EDGEKD_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["EDGEKD_BENCH_THREADS"]))
     torch.manual_seed(0)
     scores, x, noise = make_inputs(B, N, D, S, "cpu")
     grad = torch.randn(B, k, D)
@@ -233,10 +236,16 @@ def main() -> None:
     g.add_argument("--acceptance", action="store_true", help="only N=4096, D=768, k=1024, S=100, B=1")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--min-run-time", type=float, default=2.0, help="seconds per CPU measurement")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--n", type=int, nargs="+", help="keep only these N of the grid")
+    ap.add_argument("--b", type=int, nargs="+", help="keep only these B of the grid")
     ap.add_argument("--csv", default=str(RESULTS / "topk.csv"))
     ap.add_argument("--memory-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["EDGEKD_BENCH_THREADS"] = str(args.threads)  # for the memory subprocesses
     if args.memory_child:
         impl, *dims = args.memory_child
         memory_child(impl, *map(int, dims))
@@ -261,7 +270,7 @@ def main() -> None:
              f"{'median ms':>10} {'iqr ms':>8} {'runs':>5} {'extra MB':>9} {'speed-up':>9}"
     print(header)
     rows = []
-    shapes = grid(kind)
+    shapes = [sh for sh in grid(kind) if (not args.n or sh[1] in args.n) and (not args.b or sh[0] in args.b)]
     it = tqdm(shapes, desc="shapes", file=sys.stderr) if tqdm else shapes
     for B, N, D, keep, S in it:
         k = max(1, math.ceil(keep * N))

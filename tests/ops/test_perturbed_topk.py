@@ -81,7 +81,7 @@ def check_all(impl_fwd, impl_bwd, impl_ind, impl_indb, scores, x, noise, mask, k
 
 
 @needs_ext
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 3),
     N=st.integers(1, 37),
@@ -164,7 +164,7 @@ def _tk():
         (1, 1, 1, 1, 1, False, torch.float32),  # length 1
         (2, 13, 5, 3, 1, True, torch.float32),  # k = 1, mask
         (2, 17, 3, 4, 17, False, torch.float32),  # k = N
-        (3, 31, 7, 5, 6, True, torch.float64),  # prime N, float64
+        (2, 23, 5, 3, 6, True, torch.float64),  # prime N, float64
         (1, 40, 130, 2, 9, False, torch.float32),  # D above one column block
     ],
 )
@@ -178,7 +178,7 @@ def test_triton_matches_reference(B, N, D, S, k, masked, dtype):
 
 
 @triton_mark
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 2), N=st.integers(2, 24), D=st.integers(1, 6), S=st.integers(1, 3),
     seed=st.integers(0, 1000), masked=st.booleans(),
@@ -239,6 +239,16 @@ def test_backward_matches_dense_estimator(masked):
     torch.testing.assert_close(
         s2.grad, torch.einsum("bs,bsn->bn", w2, noise) / (S * sigma), rtol=1e-6, atol=1e-6
     )
+
+
+def test_gradcheck_x():
+    """The output is linear in x for fixed noise, so dL/dx is a true derivative: gradcheck it.
+    (The scores gradient is the perturbed-optimiser estimator of the smoothed expectation, not the
+    derivative of the piecewise-constant Monte-Carlo forward; it is checked against the dense
+    estimator above and against the closed form below.)"""
+    scores, x, noise, mask, k, _, _ = make_case(2, 7, 3, 3, 3, 13, True, torch.float64)
+    xx = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: G(scores, t, noise, mask, k, 0.3)[0], (xx,))
 
 
 def test_diagonal_estimator_matches_public_code():
@@ -396,13 +406,28 @@ def test_determinism():
     assert not torch.equal(other, runs[0][0])
 
 
+@needs_ext
+def test_cpp_result_independent_of_thread_count():
+    scores, x, noise, mask, k, grad, _ = make_case(3, 200, 16, 20, 40, 6, True)
+    res = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, idx = G(scores, x, noise, mask, k, 0.2)
+            res.append((out, idx, *GB(grad, x, noise, idx, 0.2)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------
 # registration: opcheck, torch.compile
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_opcheck(masked):
-    scores, x, noise, mask, k, grad, grad_ind = make_case(2, 9, 3, 4, 3, 1, masked)
+def test_opcheck():
+    scores, x, noise, mask, k, grad, grad_ind = make_case(2, 9, 3, 4, 3, 1, True)
     scores.requires_grad_(True)
     x.requires_grad_(True)
     test_utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
