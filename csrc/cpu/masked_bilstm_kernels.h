@@ -35,26 +35,42 @@ inline double sigmoid_f(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_f(double x) { return std::tanh(x); }
 
 // y[j, :Mp] = a[j, :K] @ Bm for j < n, with Bm (K, Mp) row-major and Mp a multiple of kGemvBlock
-// (the callers zero-pad the weights). Each block of kGemvBlock outputs is accumulated in registers
-// over all of K (4 AVX2 accumulators for float): this is the batch-1 matvec of the recurrence,
-// h W_hh^T in the forward (K = H, Bm = W_hh^T padded) and dA W_hh in the backward (K = 4H).
+// (the callers zero-pad the weights). Each block of 4 vectors of outputs (32 floats or 16 doubles)
+// is accumulated in 4 registers over all of K: the batch-1 matvec of the recurrence, h W_hh^T in
+// the forward (K = H, Bm = W_hh^T padded) and dA W_hh in the backward (K = 4H, Bm = W_hh padded).
+// GCC vector types (32 bytes: one AVX register, two SSE registers) pin the accumulators in
+// registers; plain arrays were spilled to the stack on every k by the auto-vectorizer.
 constexpr int64_t kGemvBlock = 32;
 
 template <typename T>
 void rows_gemv(int64_t n, int64_t K, int64_t lda, int64_t Mp, const T* __restrict a, const T* __restrict Bm,
                T* __restrict y) {
+  typedef T vec __attribute__((vector_size(32)));
+  constexpr int64_t lanes = 32 / sizeof(T);
+  constexpr int64_t block = 4 * lanes;
+  static_assert(kGemvBlock % block == 0, "padding must be a multiple of the register block");
   for (int64_t j = 0; j < n; ++j) {
     const T* __restrict aj = a + j * lda;
     T* __restrict yj = y + j * Mp;
-    for (int64_t m0 = 0; m0 < Mp; m0 += kGemvBlock) {
-      T acc[kGemvBlock];
-      for (int64_t i = 0; i < kGemvBlock; ++i) acc[i] = T(0);
+    for (int64_t m0 = 0; m0 < Mp; m0 += block) {
+      vec c0 = {}, c1 = {}, c2 = {}, c3 = {};
       for (int64_t k = 0; k < K; ++k) {
         const T ak = aj[k];
         const T* __restrict b = Bm + k * Mp + m0;
-        for (int64_t i = 0; i < kGemvBlock; ++i) acc[i] += ak * b[i];
+        vec b0, b1, b2, b3;
+        std::memcpy(&b0, b, sizeof(vec));
+        std::memcpy(&b1, b + lanes, sizeof(vec));
+        std::memcpy(&b2, b + 2 * lanes, sizeof(vec));
+        std::memcpy(&b3, b + 3 * lanes, sizeof(vec));
+        c0 += ak * b0;
+        c1 += ak * b1;
+        c2 += ak * b2;
+        c3 += ak * b3;
       }
-      for (int64_t i = 0; i < kGemvBlock; ++i) yj[m0 + i] = acc[i];
+      std::memcpy(yj + m0, &c0, sizeof(vec));
+      std::memcpy(yj + m0 + lanes, &c1, sizeof(vec));
+      std::memcpy(yj + m0 + 2 * lanes, &c2, sizeof(vec));
+      std::memcpy(yj + m0 + 3 * lanes, &c3, sizeof(vec));
     }
   }
 }
