@@ -9,7 +9,8 @@
 // exclusive prefix sum of lengths in batch order; rows from sum(lengths) to `capacity` are zero.
 //   gates (2, capacity, 4H): activated i, f, g, o per direction;  cells (2, capacity, H): c_t.
 //
-// Algorithm, per direction (the two directions run in parallel with at::parallel_for):
+// Algorithm, per direction (the two directions run in parallel with at::parallel_for when there is
+// enough work to pay for waking a second thread):
 //   1. input projection of all valid timesteps as one GEMM: xproj = x_valid @ W_ih^T + b_ih + b_hh;
 //   2. recurrence over steps s = 0..max_len-1 with the rows sorted by length (descending), so that
 //      the rows still active at step s are a prefix of the sorted order: no step is spent on
@@ -36,6 +37,21 @@ namespace {
 // Rows active at a step up to which the register-blocked matvec loops are used instead of one
 // at::mm per step (MKL wins above that; measured at batch 64, H = 50).
 constexpr int64_t kSmallRows = 4;
+
+// Multiply-adds per direction (sum(lengths) * H * 4H) below which the two directions run one after
+// the other: a fork/join costs a few microseconds on an idle machine and much more on a busy one,
+// while batch-1 inference at H = 50 is only ~0.3M multiply-adds per direction.
+constexpr int64_t kParallelWork = int64_t(1) << 20;
+
+// at::parallel_for over the two directions, or a plain loop when the work is small.
+template <typename F>
+void for_each_direction(int64_t work_per_direction, const F& f) {
+  if (work_per_direction < kParallelWork) {
+    f(0, 2);
+  } else {
+    at::parallel_for(0, 2, 1, f);
+  }
+}
 
 }  // namespace
 
@@ -267,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_bi
     scalar_t* cn = c_n.data_ptr<scalar_t>();
     scalar_t* gs = gates.data_ptr<scalar_t>();
     scalar_t* cl = cells.data_ptr<scalar_t>();
-    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for_each_direction(p.N * H * 4 * H, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
       for (int64_t d = begin; d < end; ++d)
         forward_direction<scalar_t>(static_cast<int>(d), p, H, xc, wih[d], whh[d], bias[d], o, hn + d * B * H,
@@ -386,7 +402,7 @@ masked_bilstm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad
     hprev[d] = at::empty({p.N, H}, x.options());
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_bilstm_backward_cpu", [&] {
-    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for_each_direction(p.N * H * 4 * H, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
       for (int64_t d = begin; d < end; ++d) {
         backward_direction<scalar_t>(static_cast<int>(d), p, H, gout.data_ptr<scalar_t>(),
