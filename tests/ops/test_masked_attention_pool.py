@@ -254,3 +254,26 @@ def test_fully_masked_row_among_valid_rows_is_named():
     m[1] = False
     with pytest.raises(EdgekdValueError, match=r"fully masked rows \[1\]"):
         masked_attention_pool(s, m, w, v)
+
+
+def test_saturated_and_tiny_projections():
+    # tanh saturates (|W h| up to ~1e3) or is ~linear near 0 (|W h| ~1e-6). Saturation makes the
+    # backward ill-conditioned in fp32 (1 - u^2 cancels, then is multiplied by a large W), so the
+    # check there is against the float64 truth: no worse than the fp32 reference plus 1e-5.
+    for scale in (300.0, 1e-6):
+        states, mask, W, v = make_inputs(3, 9, 16, 12, "post", requires_grad=False)
+        W = W * scale
+
+        def run(fn, dtype):
+            leaves = [t.to(dtype).requires_grad_(True) for t in (states, W, v)]
+            out = fn(leaves[0], mask, leaves[1], leaves[2])
+            grads = torch.autograd.grad(sum((o * (k + 1)).sum() for k, o in enumerate(out)), leaves)
+            return [t.double() for t in (*out, *grads)]
+
+        ours = run(masked_attention_pool, torch.float32)
+        ref32 = run(masked_attention_pool_reference, torch.float32)
+        truth = run(masked_attention_pool_reference, torch.float64)
+        for a, r, t in zip(ours, ref32, truth):
+            assert torch.isfinite(a).all()
+            err, ref_err = (a - t).abs().max().item(), (r - t).abs().max().item()
+            assert err <= 2 * ref_err + 1e-5 * max(1.0, t.abs().max().item()), (scale, err, ref_err)
