@@ -202,7 +202,7 @@ def _check_supported(x: torch.Tensor, H: int) -> None:
 def _launch_params(H: int) -> tuple[int, bool, int]:
     block_h = max(16, next_power_of_2(H))
     w_in_regs = block_h <= 64
-    num_warps = 4 if block_h <= 64 else 8
+    num_warps = 4 if block_h <= 32 else 8  # H = 64: 4 x 64 x 64 fp32 W_hh over 256 threads
     return block_h, w_in_regs, num_warps
 
 

@@ -9,15 +9,16 @@
 // exclusive prefix sum of lengths in batch order; rows from sum(lengths) to `capacity` are zero.
 //   gates (2, capacity, 4H): activated i, f, g, o per direction;  cells (2, capacity, H): c_t.
 //
-// Algorithm, per direction (the two directions run in parallel with at::parallel_for):
+// Algorithm, per direction (the two directions run in parallel with at::parallel_for when there is
+// enough work to pay for waking a second thread):
 //   1. input projection of all valid timesteps as one GEMM: xproj = x_valid @ W_ih^T + b_ih + b_hh;
 //   2. recurrence over steps s = 0..max_len-1 with the rows sorted by length (descending), so that
 //      the rows still active at step s are a prefix of the sorted order: no step is spent on
-//      padding. h W_hh^T is a hand-written axpy loop over contiguous W_hh^T rows for a few active
+//      padding. h W_hh^T is a register-blocked matvec over a zero-padded W_hh^T for a few active
 //      rows (batch-1 inference: no per-step ATen calls) and one at::mm_out over the active prefix
-//      otherwise; the gate math is one fused loop over H (i, f, g, o, c, h together);
+//      otherwise; the gate math is fused per row (vectorized activations, then c and h);
 //   3. backward: the same walk in reverse, dA (gate pre-activation gradients) for every valid
-//      timestep kept in compact rows; dh_{t-1} = dA W_hh per step (axpy loop or one GEMM), then
+//      timestep kept in compact rows; dh_{t-1} = dA W_hh per step (matvec or one GEMM), then
 //      dW_hh = dA^T H_prev, dW_ih = dA^T x_valid, dx = dA W_ih as one GEMM each at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -33,46 +34,90 @@
 
 namespace {
 
-// Rows active at a step up to which the hand-written matvec loops are used instead of at::mm.
+// Rows active at a step up to which the register-blocked matvec loops are used instead of one
+// at::mm per step (MKL wins above that; measured at batch 64, H = 50).
 constexpr int64_t kSmallRows = 4;
 
-// exp for float, Cephes-style (range reduction + degree-6 polynomial, ~1 ulp over the clamped
-// range), branch-free so that the compiler vectorizes the loops that call it.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float fx = x * 1.44269504088896341f;
-  // round to nearest integer with the 1.5 * 2^23 trick (no libm call, vectorizable)
-  const float r = (fx + 12582912.0f) - 12582912.0f;
-  float z = x - r * 0.693359375f;
-  z = z - r * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * z + 1.3981999507e-3f;
-  p = p * z + 8.3334519073e-3f;
-  p = p * z + 4.1665795894e-2f;
-  p = p * z + 1.6666665459e-1f;
-  p = p * z + 5.0000001201e-1f;
-  const float y = p * z * z + z + 1.0f;
-  const int32_t n = static_cast<int32_t>(r);
-  const int32_t bits = (n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+// Multiply-adds per direction (sum(lengths) * H * 4H) below which the two directions run one after
+// the other: a fork/join costs a few microseconds on an idle machine and much more on a busy one,
+// while batch-1 inference at H = 50 is only ~0.3M multiply-adds per direction.
+constexpr int64_t kParallelWork = int64_t(1) << 20;
+
+// at::parallel_for over the two directions, or a plain loop when the work is small.
+template <typename F>
+void for_each_direction(int64_t work_per_direction, const F& f) {
+  if (work_per_direction < kParallelWork) {
+    f(0, 2);
+  } else {
+    at::parallel_for(0, 2, 1, f);
+  }
 }
 
+}  // namespace
+
+// The inner loops (masked_bilstm_kernels.h), compiled twice: for AVX2 + FMA and for the baseline
+// ISA; the one the CPU supports is picked at run time. no-trapping-math lets the compiler
+// if-convert the clamps of exp_approx, which it needs to vectorize the activation loops.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math", "no-math-errno", "fp-contract=fast")
+namespace isa_base {
+#include "masked_bilstm_kernels.h"
+}  // namespace isa_base
+#if defined(__x86_64__) && defined(__GNUC__)
+#define EDGEKD_HAVE_AVX2_CLONE 1
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#include "masked_bilstm_kernels.h"
+}  // namespace isa_avx2
+#endif
+#pragma GCC pop_options
+
+namespace {
+
 template <typename T>
-struct Act;
-
-template <>
-struct Act<float> {
-  static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-  static inline float tanh(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x)); }
+struct Kernels {
+  void (*rows_gemv)(int64_t, int64_t, int64_t, int64_t, const T*, const T*, T*);
+  void (*cell_forward)(int64_t, const T*, const T*, T*, T*, T*, T*, T*);
+  void (*cell_backward)(int64_t, const T*, const T*, const T*, const T*, const T*, T*, T*);
 };
 
-template <>
-struct Act<double> {
-  static inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-  static inline double tanh(double x) { return std::tanh(x); }
-};
+template <typename T>
+Kernels<T> pick_kernels() {
+#ifdef EDGEKD_HAVE_AVX2_CLONE
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2)
+    return {&isa_avx2::rows_gemv<T>, &isa_avx2::cell_forward<T>, &isa_avx2::cell_backward<T>};
+#endif
+  return {&isa_base::rows_gemv<T>, &isa_base::cell_forward<T>, &isa_base::cell_backward<T>};
+}
+
+constexpr int64_t kPad = isa_base::kGemvBlock;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// w (R, C) -> (C, Cp) zero-padded transpose when transpose, else (R, Cp) zero-padded copy; Cp is
+// the output row length rounded up to kPad.
+template <typename T>
+at::Tensor padded_weight(const at::Tensor& w, bool transpose) {
+  const int64_t R = w.size(0), C = w.size(1);
+  const int64_t rows = transpose ? C : R, cols = transpose ? R : C;
+  const int64_t cols_p = round_up(cols, kPad);
+  at::Tensor out = at::zeros({rows, cols_p}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  if (transpose) {
+    constexpr int64_t tile = 16;  // tiles keep both the strided reads and the writes in L1
+    for (int64_t r0 = 0; r0 < R; r0 += tile)
+      for (int64_t c0 = 0; c0 < C; c0 += tile) {
+        const int64_t r1 = std::min(R, r0 + tile), c1 = std::min(C, c0 + tile);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[c * cols_p + r] = src[r * C + c];
+      }
+  } else {
+    for (int64_t r = 0; r < R; ++r) std::memcpy(dst + r * cols_p, src + r * C, sizeof(T) * C);
+  }
+  return out;
+}
 
 // Lengths, their prefix sums and the walk order shared by forward and backward.
 struct Plan {
@@ -153,65 +198,36 @@ void forward_direction(int dir, const Plan& p, int64_t H, const at::Tensor& xc, 
   // 1. input projection of every valid timestep: (N, 4H)
   const at::Tensor xproj = at::addmm(bias, xc, w_ih.t());
   const T* xp = xproj.data_ptr<T>();
-  const at::Tensor w_hh_t = w_hh.t().contiguous();  // (H, 4H): contiguous rows for the axpy loop
-  const T* wt = w_hh_t.data_ptr<T>();
+  const int64_t G4p = round_up(G4, kPad);
+  const at::Tensor wt_t = padded_weight<T>(w_hh, /*transpose=*/true);  // W_hh^T (H, G4p)
+  const T* wt = wt_t.data_ptr<T>();
 
   at::Tensor hs_t = at::zeros({B, H}, xc.options());  // h of the sorted rows
   at::Tensor cs_t = at::zeros({B, H}, xc.options());
-  at::Tensor g_t = at::zeros({B, G4}, xc.options());  // h W_hh^T of the active rows
+  at::Tensor g_t = at::zeros({B, G4p}, xc.options());  // h W_hh^T of the active rows
   T* hs = hs_t.data_ptr<T>();
   T* cs = cs_t.data_ptr<T>();
   T* gm = g_t.data_ptr<T>();
-  const at::Tensor w_hh_T_view = w_hh.t();
 
+  const Kernels<T> kern = pick_kernels<T>();
   for (int64_t s = 0; s < p.max_len; ++s) {
     const int64_t n = p.nact[s];
     // 2a. recurrent term h_{s-1} W_hh^T for the active prefix (zero at s == 0, already zeroed)
     if (s > 0) {
       if (n <= kSmallRows) {
-        for (int64_t j = 0; j < n; ++j) {
-          T* g = gm + j * G4;
-          const T* h = hs + j * H;
-          std::fill(g, g + G4, T(0));
-          for (int64_t k = 0; k < H; ++k) {
-            const T hk = h[k];
-            const T* w = wt + k * G4;
-            for (int64_t r = 0; r < G4; ++r) g[r] += hk * w[r];
-          }
-        }
+        kern.rows_gemv(n, H, H, G4p, hs, wt, gm);
       } else {
         at::Tensor gv = g_t.narrow(0, 0, n);
-        at::mm_out(gv, hs_t.narrow(0, 0, n), w_hh_T_view);
+        at::mm_out(gv, hs_t.narrow(0, 0, n), wt_t);
       }
     }
-    // 2b. fused gate math
+    // 2b. fused gate math, one row at a time
     for (int64_t j = 0; j < n; ++j) {
       const int64_t b = p.order[j];
       const int64_t t = time_of(dir, s, p.len[b]);
       const int64_t row = p.off[b] + t;
-      const T* a = gm + j * G4;
-      const T* xr = xp + row * G4;
-      T* gs = gates + row * G4;
-      T* cl = cells + row * H;
-      T* o = out + (b * Tn + t) * 2 * H + dir * H;
-      T* c = cs + j * H;
-      T* h = hs + j * H;
-      for (int64_t k = 0; k < H; ++k) {
-        const T ig = Act<T>::sigmoid(a[k] + xr[k]);
-        const T fg = Act<T>::sigmoid(a[H + k] + xr[H + k]);
-        const T gg = Act<T>::tanh(a[2 * H + k] + xr[2 * H + k]);
-        const T og = Act<T>::sigmoid(a[3 * H + k] + xr[3 * H + k]);
-        const T cn = fg * c[k] + ig * gg;
-        const T hn = og * Act<T>::tanh(cn);
-        c[k] = cn;
-        h[k] = hn;
-        gs[k] = ig;
-        gs[H + k] = fg;
-        gs[2 * H + k] = gg;
-        gs[3 * H + k] = og;
-        cl[k] = cn;
-        o[k] = hn;
-      }
+      kern.cell_forward(H, gm + j * G4p, xp + row * G4, cs + j * H, hs + j * H, gates + row * G4, cells + row * H,
+                        out + (b * Tn + t) * 2 * H + dir * H);
     }
   }
   // rows stop being updated once their sequence ends: the sorted state holds the final states
@@ -267,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_bi
     scalar_t* cn = c_n.data_ptr<scalar_t>();
     scalar_t* gs = gates.data_ptr<scalar_t>();
     scalar_t* cl = cells.data_ptr<scalar_t>();
-    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for_each_direction(p.N * H * 4 * H, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
       for (int64_t d = begin; d < end; ++d)
         forward_direction<scalar_t>(static_cast<int>(d), p, H, xc, wih[d], whh[d], bias[d], o, hn + d * B * H,
@@ -287,8 +303,10 @@ void backward_direction(int dir, const Plan& p, int64_t H, const T* gout /*(B,T,
                         at::Tensor& hprev /*(N,H)*/) {
   const int64_t G4 = 4 * H;
   const int64_t B = p.B, Tn = p.T;
-  const T* w = w_hh.data_ptr<T>();  // (4H, H)
-  at::Tensor dh_t = at::zeros({B, H}, w_hh.options());
+  const int64_t Hp = round_up(H, kPad);
+  const at::Tensor wp_t = padded_weight<T>(w_hh, /*transpose=*/false);  // W_hh (4H, Hp)
+  const T* wp = wp_t.data_ptr<T>();
+  at::Tensor dh_t = at::zeros({B, Hp}, w_hh.options());
   at::Tensor dc_t = at::zeros({B, H}, w_hh.options());
   at::Tensor da_t = at::zeros({B, G4}, w_hh.options());
   T* dhs = dh_t.data_ptr<T>();
@@ -296,6 +314,9 @@ void backward_direction(int dir, const Plan& p, int64_t H, const T* gout /*(B,T,
   T* das = da_t.data_ptr<T>();
   T* dA_all = dA.data_ptr<T>();
   T* hp = hprev.data_ptr<T>();
+  const std::vector<T> zero_state(H, T(0));
+  const T* zeros = zero_state.data();
+  const Kernels<T> kern = pick_kernels<T>();
 
   for (int64_t s = p.max_len - 1; s >= 0; --s) {
     const int64_t n = p.nact[s];
@@ -303,7 +324,7 @@ void backward_direction(int dir, const Plan& p, int64_t H, const T* gout /*(B,T,
     // rows whose last step is s start here with the gradients of the final states
     for (int64_t j = n_next; j < n; ++j) {
       const int64_t b = p.order[j];
-      std::memcpy(dhs + j * H, ghn + b * H, sizeof(T) * H);
+      std::memcpy(dhs + j * Hp, ghn + b * H, sizeof(T) * H);
       std::memcpy(dcs + j * H, gcn + b * H, sizeof(T) * H);
     }
     for (int64_t j = 0; j < n; ++j) {
@@ -311,25 +332,10 @@ void backward_direction(int dir, const Plan& p, int64_t H, const T* gout /*(B,T,
       const int64_t L = p.len[b];
       const int64_t t = time_of(dir, s, L);
       const int64_t row = p.off[b] + t;
-      const T* g = gates + row * G4;
-      const T* c = cells + row * H;
-      const T* cp = s > 0 ? cells + (p.off[b] + time_of(dir, s - 1, L)) * H : nullptr;
-      const T* go = gout + (b * Tn + t) * 2 * H + dir * H;
+      const T* cp = s > 0 ? cells + (p.off[b] + time_of(dir, s - 1, L)) * H : zeros;
       T* da = das + j * G4;
-      T* dh = dhs + j * H;
-      T* dc = dcs + j * H;
-      for (int64_t k = 0; k < H; ++k) {
-        const T ig = g[k], fg = g[H + k], gg = g[2 * H + k], og = g[3 * H + k];
-        const T tc = Act<T>::tanh(c[k]);
-        const T dhk = dh[k] + go[k];
-        const T dck = dc[k] + dhk * og * (T(1) - tc * tc);
-        const T cprev = cp ? cp[k] : T(0);
-        da[k] = dck * gg * ig * (T(1) - ig);
-        da[H + k] = dck * cprev * fg * (T(1) - fg);
-        da[2 * H + k] = dck * ig * (T(1) - gg * gg);
-        da[3 * H + k] = dhk * tc * og * (T(1) - og);
-        dc[k] = dck * fg;
-      }
+      kern.cell_backward(H, gates + row * G4, cells + row * H, cp, gout + (b * Tn + t) * 2 * H + dir * H,
+                         dhs + j * Hp, dcs + j * H, da);
       std::memcpy(dA_all + row * G4, da, sizeof(T) * G4);
       // h_{t-1} of this step (zero at the first step), for dW_hh = dA^T H_prev at the end
       T* hrow = hp + row * H;
@@ -342,19 +348,10 @@ void backward_direction(int dir, const Plan& p, int64_t H, const T* gout /*(B,T,
     // dh_{s-1} = dA_s W_hh for the rows still active at step s - 1 (all of the n rows)
     if (s > 0) {
       if (n <= kSmallRows) {
-        for (int64_t j = 0; j < n; ++j) {
-          T* dh = dhs + j * H;
-          const T* da = das + j * G4;
-          std::fill(dh, dh + H, T(0));
-          for (int64_t r = 0; r < G4; ++r) {
-            const T ar = da[r];
-            const T* wr = w + r * H;
-            for (int64_t k = 0; k < H; ++k) dh[k] += ar * wr[k];
-          }
-        }
+        kern.rows_gemv(n, G4, G4, Hp, das, wp, dhs);
       } else {
         at::Tensor dhv = dh_t.narrow(0, 0, n);
-        at::mm_out(dhv, da_t.narrow(0, 0, n), w_hh);
+        at::mm_out(dhv, da_t.narrow(0, 0, n), wp_t);
       }
     }
   }
@@ -405,7 +402,7 @@ masked_bilstm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad
     hprev[d] = at::empty({p.N, H}, x.options());
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "masked_bilstm_backward_cpu", [&] {
-    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for_each_direction(p.N * H * 4 * H, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
       for (int64_t d = begin; d < end; ++d) {
         backward_direction<scalar_t>(static_cast<int>(d), p, H, gout.data_ptr<scalar_t>(),

@@ -23,6 +23,7 @@ Pieces, all in this module:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -339,17 +340,17 @@ def _check_inputs(x, lengths, weights) -> tuple[torch.Tensor, list[torch.Tensor]
     H = weights[1].shape[1]
     if H == 0:
         raise EdgekdValueError("masked_bilstm: hidden size H must be >= 1")
-    expected = {"weight_ih": (4 * H, E), "weight_hh": (4 * H, H), "bias_ih": (4 * H,), "bias_hh": (4 * H,)}
-    for name, w in zip(WEIGHT_NAMES, weights):
-        want = expected[name.split("_l0")[0]]
-        if tuple(w.shape) != want:
+    shapes = ((4 * H, E), (4 * H, H), (4 * H,), (4 * H,)) * 2
+    x_dtype, x_device = x.dtype, x.device
+    for name, w, want in zip(WEIGHT_NAMES, weights, shapes):
+        if w.shape != want:
             raise EdgekdValueError(
                 f"masked_bilstm: {name} must have shape {want} (H={H}, E={E}), got {tuple(w.shape)}"
             )
-        if w.dtype != x.dtype:
-            raise EdgekdValueError(f"masked_bilstm: {name} has dtype {w.dtype} but x has {x.dtype}")
-        if w.device != x.device:
-            raise EdgekdValueError(f"masked_bilstm: {name} is on {w.device} but x is on {x.device}")
+        if w.dtype != x_dtype:
+            raise EdgekdValueError(f"masked_bilstm: {name} has dtype {w.dtype} but x has {x_dtype}")
+        if w.device != x_device:
+            raise EdgekdValueError(f"masked_bilstm: {name} is on {w.device} but x is on {x_device}")
     if torch.compiler.is_compiling():
         # no data-dependent checks (they would break the graph); B*T bounds sum(lengths)
         return lengths.to(x.device), weights, B * T
@@ -368,9 +369,12 @@ def _check_inputs(x, lengths, weights) -> tuple[torch.Tensor, list[torch.Tensor]
         raise EdgekdValueError(
             f"masked_bilstm: lengths must be <= T = {T}, but lengths[{bad}] = {int(lengths[bad])}"
         )
-    if not bool(torch.isfinite(x).all()):
+    # one reduction on the fast path; a non-finite sum is confirmed element-wise (it can overflow)
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         raise EdgekdValueError("masked_bilstm: x holds NaN or inf values")
-    return lengths.to(x.device), weights, int(total)
+    if lengths.device != x.device:
+        lengths = lengths.to(x.device)
+    return lengths, weights, int(total)
 
 
 def masked_bilstm(
