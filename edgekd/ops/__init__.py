@@ -11,3 +11,7 @@ __all__ = ["has_extension"]
 from edgekd.ops.masked_attention_pool import masked_attention_pool  # noqa: E402
 
 __all__ += ["masked_attention_pool"]
+
+from edgekd.ops.masked_bilstm import masked_bilstm, masked_bilstm_module  # noqa: E402
+
+__all__ += ["masked_bilstm", "masked_bilstm_module"]
