@@ -58,6 +58,7 @@ class DistillConfig:
     teacher_lr: float = 5e-5
     teacher_batch_size: int = 16
     teacher_max_length: int = 64
+    teacher_head_lr_multiplier: float = 10.0
     # annotation (Integrated Gradients through captum)
     ig_steps: int = 20
     ig_baseline: str = "pad"
@@ -335,7 +336,7 @@ class Distiller:
             ttrain = self.full_train.stratified_sample(cfg.teacher_train_limit, seed=cfg.seed)
             ft = FinetuneConfig(
                 epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, batch_size=cfg.teacher_batch_size,
-                max_length=cfg.teacher_max_length, seed=cfg.seed,
+                max_length=cfg.teacher_max_length, seed=cfg.seed, head_lr_multiplier=cfg.teacher_head_lr_multiplier,
             )
             tdir = Path(cfg.teacher_dir) if cfg.teacher_dir else self.out / "teacher"
             self.teacher, rec = finetune_teacher(enc, ttrain, tdir, config=ft, progress=cfg.progress, reuse=cfg.resume)

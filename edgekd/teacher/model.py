@@ -167,6 +167,7 @@ class FinetuneConfig:
     seed: int = 0
     freeze_embeddings: bool = False
     eval_batch_size: int = 64
+    head_lr_multiplier: float = 1.0  # the new classification head (and pooler) learn at lr * this
 
     def validate(self) -> None:
         if self.epochs <= 0:
@@ -177,6 +178,8 @@ class FinetuneConfig:
             raise EdgekdValueError(f"FinetuneConfig.batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.warmup_ratio < 1:
             raise EdgekdValueError(f"FinetuneConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.head_lr_multiplier <= 0:
+            raise EdgekdValueError(f"FinetuneConfig.head_lr_multiplier must be > 0, got {self.head_lr_multiplier}")
 
 
 def finetune_teacher(
@@ -249,12 +252,16 @@ def finetune_teacher(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = max(1, int(round(steps_per_epoch * cfg.epochs)))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    params = [
-        {"params": [p for nm, p in model.named_parameters() if p.requires_grad and not nm.endswith(no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for nm, p in model.named_parameters() if p.requires_grad and nm.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
+    head_keys = ("classifier", "pooler", "pre_classifier", "score")
+
+    def _group(decay: bool, head: bool) -> dict:
+        ps = [p for nm, p in model.named_parameters()
+              if p.requires_grad and nm.endswith(no_decay) != decay and any(k in nm for k in head_keys) == head]
+        return {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                "lr": cfg.lr * (cfg.head_lr_multiplier if head else 1.0)}
+
+    params = [g for g in (_group(True, False), _group(False, False), _group(True, True), _group(False, True))
+              if g["params"]]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
     rng = random.Random(cfg.seed)

@@ -79,3 +79,14 @@ def make_tiny_bert(path, texts, num_labels: int = 3, seed: int = 0, hidden: int 
 def tiny_teacher_dir(tmp_path_factory, tfns_small):
     tr, _ = tfns_small
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tr.texts)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tests use tiny models: one thread is faster (and far faster on a shared machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

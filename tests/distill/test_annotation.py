@@ -26,7 +26,6 @@ def test_merge_subwords_by_mean_and_offsets():
 @pytest.fixture(scope="module")
 def setup(tiny_teacher_dir, tfns_small):
     tr, _ = tfns_small
-    torch.set_num_threads(1)
     teacher = Teacher.from_pretrained(tiny_teacher_dir, max_length=24)
     tok = WordTokenizer.train(tr.texts, max_length=20)
     return teacher, tok, tr.head(24)

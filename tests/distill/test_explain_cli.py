@@ -70,7 +70,6 @@ def test_toml_config(tmp_path):
 
 
 def test_cli_end_to_end_tiny(tmp_path, tiny_teacher_dir, tfns_dir, capsys):
-    torch.set_num_threads(1)
     out = tmp_path / "run"
     cfgf = tmp_path / "distill.toml"
     cfgf.write_text("[student]\nhidden_size = 8\n")

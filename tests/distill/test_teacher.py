@@ -9,7 +9,6 @@ from edgekd.teacher import FinetuneConfig, Teacher, finetune_teacher
 
 
 def test_finetune_saves_and_reuses(tiny_teacher_dir, tfns_small, tmp_path):
-    torch.set_num_threads(1)
     tr, va = tfns_small
     train, valid = tr.head(48), va.head(24)
     cfg = FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=24)

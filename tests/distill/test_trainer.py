@@ -16,7 +16,6 @@ from edgekd.teacher import IGConfig, Teacher, annotate
 
 @pytest.fixture(scope="module")
 def splits(tfns_small, tiny_teacher_dir):
-    torch.set_num_threads(1)
     tr, va = tfns_small
     tok = WordTokenizer.train(tr.texts, max_length=32)
     teacher = Teacher.from_pretrained(tiny_teacher_dir, max_length=32)
