@@ -318,13 +318,15 @@ def bench_subprocess(bundle: str | os.PathLike, timeout: float = 900, **kwargs: 
     """Run :func:`bench` in a fresh interpreter (clean peak RSS, no shared caches); kwargs as for bench."""
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
         out = pathlib.Path(tmp) / "r.json"
-        spec = {"bundle": str(bundle), "out": str(out), "kwargs": kwargs}
-        code = ("import json,sys; from edgekd.runtime.bench import bench; s=json.loads(sys.argv[1]); "
+        spec_file = pathlib.Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps({"bundle": str(bundle), "out": str(out), "kwargs": kwargs}), encoding="utf-8")
+        code = ("import json,sys; from edgekd.runtime.bench import bench; "
+                "s=json.loads(open(sys.argv[1],encoding='utf-8').read()); "
                 "r=bench(s['bundle'], **s['kwargs']); open(s['out'],'w').write(json.dumps(r))")
         env = dict(os.environ)
         repo = str(pathlib.Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        r = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", code, str(spec_file)], capture_output=True, text=True,
                            timeout=timeout, env=env)
         if r.returncode != 0:
             raise EdgekdValueError(f"bench of {bundle} failed: {r.stderr[-2000:]}")
