@@ -90,7 +90,7 @@ def quick_student(out: pathlib.Path, texts: list[str], labels: list[int], epochs
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
         print(f"quick student epoch {ep + 1}/{epochs}: loss {tot / len(enc):.4f}", flush=True)
     model.eval()
     model.save_pretrained(out)

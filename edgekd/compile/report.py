@@ -33,11 +33,13 @@ def compile_and_compare(
     threads: int | None = None,
     arm64: bool | str = "auto",
     count_x86: bool = False,
+    arm64_repeat: int = 3,
     overwrite: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Compile ``teacher_dir`` (a HF sequence-classification dir) and each student dir (saved
-    BiLSTM student with its ``tokenizer.json``) into bundles under ``out_dir``, benchmark teacher
+    BiLSTM student with its ``tokenizer.json``) into bundles under ``out_dir`` (a path that already
+    is a bundle is used as it is), benchmark teacher
     fp32 / int8 and every student fp32 / int8 on x86-64 (and arm64 instruction counts when the
     emulator is there), and write ``out_dir/compare.{md,json}``. Accuracy and macro-F1 are measured
     by the bundles themselves on all of ``eval_texts``/``eval_labels``; the parity check uses the
@@ -55,25 +57,30 @@ def compile_and_compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     use_arm = arm64 is True or (arm64 == "auto" and arm64_available())
     sl = slice(0, min(parity_slice, len(texts)))
-    bundles = {"teacher": compile_model("hf_sequence_classification", teacher_dir, out_dir / "teacher",
-                                        eval_texts=texts[sl], eval_labels=labels[sl], max_length=teacher_max_length,
-                                        arm64_check=use_arm, arm64_slice=32, overwrite=overwrite, progress=progress,
-                                        name="teacher")}
+    def ensure(kind: str, src, name: str, max_length: int, arm_slice: int) -> pathlib.Path:
+        src = pathlib.Path(src)
+        if (src / "manifest.json").is_file():  # already a bundle: benchmark it as it is
+            return src
+        return compile_model(kind, src, out_dir / name, eval_texts=texts[sl], eval_labels=labels[sl],
+                             max_length=max_length, arm64_check=use_arm, arm64_slice=arm_slice, overwrite=overwrite,
+                             progress=progress, name=name)
+
+    bundles = {"teacher": ensure("hf_sequence_classification", teacher_dir, "teacher", teacher_max_length, 32)}
     for name, d in students.items():
-        bundles[name] = compile_model("bilstm_attention", d, out_dir / name, eval_texts=texts[sl],
-                                      eval_labels=labels[sl], max_length=student_max_length, arm64_check=use_arm,
-                                      arm64_slice=64, overwrite=overwrite, progress=progress, name=name)
+        bundles[name] = ensure("bilstm_attention", d, name, student_max_length, 64)
     x86: list[dict[str, Any]] = []
     arm: list[dict[str, Any]] = []
     for name, b in bundles.items():
         manifest = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
         precisions = ["fp32", "int8"]
+        if use_arm and not any(v["target"] == "arm64" for v in manifest["variants"]):
+            raise EdgekdValueError(f"{name}: bundle {b} has no arm64 variants; compile with targets including arm64")
         counts = {}
         if count_x86:
             counts = {r["variant"]: r for r in count_x86_instructions(b, texts[0], precisions)}
         for prec in precisions:
-            r = bench_subprocess(b, precision=prec, threads=threads, texts=texts[:bench_texts], min_time=min_time)
-            full = bench_subprocess(b, precision=prec, threads=threads, texts=texts, labels=labels, min_time=0.01,
+            r = bench_subprocess(b, target="x86_64", precision=prec, threads=threads, texts=texts[:bench_texts], min_time=min_time)
+            full = bench_subprocess(b, target="x86_64", precision=prec, threads=threads, texts=texts, labels=labels, min_time=0.01,
                                     batches=[32])  # accuracy on every labelled text
             r["accuracy"], r["macro_f1"] = full["accuracy"], full["macro_f1"]
             r["accuracy_measured_on"] = full["accuracy_measured_on"]
@@ -81,7 +88,7 @@ def compile_and_compare(
                 r["instructions"] = counts[r["variant"]]
             x86.append(r)
         if use_arm:
-            rows = run_probe_arm64(b, texts[:1], precisions, count_repeat=3)
+            rows = run_probe_arm64(b, texts[:1], precisions, count_repeat=arm64_repeat)
             for prec, row in zip(precisions, rows):
                 v = next(x for x in manifest["variants"] if x["id"] == row["variant"])
                 files = manifest["files"]
