@@ -70,7 +70,8 @@ def quick_student(out: pathlib.Path, texts: list[str], labels: list[int], epochs
     enc = [e.ids or [1] for e in tok.encode_batch(texts)]
     torch.manual_seed(seed)
     model = BiLSTMAttentionStudent(len(vocab), embed_dim=50, hidden_size=50, num_classes=3, attention_dim=100,
-                                   dropout=0.2, label_names=LABELS, backend="reference")
+                                   dropout=0.2, label_names=LABELS)
+    torch.set_num_threads(1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(seed)
     y = torch.tensor(labels)
@@ -104,7 +105,7 @@ def main() -> int:
     ap.add_argument("--teacher", help="fine-tuned HF sequence-classification dir (default: MiniLM + random head)")
     ap.add_argument("--student", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--out", default="runs/compile")
-    ap.add_argument("--epochs", type=int, default=4, help="epochs of the quick student")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of the quick student")
     ap.add_argument("--min-time", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--count-x86", action="store_true", help="x86 instruction counts with callgrind (slow)")

@@ -79,11 +79,8 @@ def compile_and_compare(
         if count_x86:
             counts = {r["variant"]: r for r in count_x86_instructions(b, texts[0], precisions)}
         for prec in precisions:
-            r = bench_subprocess(b, target="x86_64", precision=prec, threads=threads, texts=texts[:bench_texts], min_time=min_time)
-            full = bench_subprocess(b, target="x86_64", precision=prec, threads=threads, texts=texts, labels=labels, min_time=0.01,
-                                    batches=[32])  # accuracy on every labelled text
-            r["accuracy"], r["macro_f1"] = full["accuracy"], full["macro_f1"]
-            r["accuracy_measured_on"] = full["accuracy_measured_on"]
+            r = bench_subprocess(b, target="x86_64", precision=prec, threads=threads, texts=texts[:bench_texts],
+                                 min_time=min_time, accuracy_texts=texts, accuracy_labels=labels)
             if r["variant"] in counts:
                 r["instructions"] = counts[r["variant"]]
             x86.append(r)
