@@ -29,5 +29,13 @@ test: $(VENV)/.installed build
 test-fast: $(VENV)/.installed build
 	$(VPY) -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
 
+# the main job: TFNS -> fine-tuned MiniLM teacher -> IG annotations -> 4 students -> table (quick profile)
+DEMO_PROFILE ?= quick
+# installs the `demo` extra's packages (listed in pyproject.toml) without rebuilding edgekd._C
+demo: $(VENV)/.installed
+	$(VPY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['demo']; print('\n'.join(r for r in d if not r.startswith('edgekd')))" > $(VENV)/demo-requirements.txt
+	$(PIP) install -q -r $(VENV)/demo-requirements.txt
+	$(VPY) -m edgekd demo --profile $(DEMO_PROFILE)
+
 clean:
 	rm -rf build *.egg-info edgekd/_C*.so $(VENV)

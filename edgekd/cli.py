@@ -17,6 +17,8 @@ from edgekd.errors import EdgekdError
 _COMMAND_MODULES: list[str] = [
     "edgekd.compile.cli",
     "edgekd.runtime.cli",
+    "edgekd.teacher.cli",
+    "edgekd.distill.cli",
 ]
 
 

@@ -1,0 +1,318 @@
+"""The transformer teacher: wrap a local Hugging Face sequence-classification directory, or
+fine-tune a pretrained encoder directory into one."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edgekd.data.datasets import TextDataset
+from edgekd.errors import EdgekdValueError
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_FINETUNE_RECORD = "edgekd_teacher.json"
+
+
+def _tqdm(*args, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(*args, **kwargs)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_model_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise EdgekdValueError(f"{what}: {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise EdgekdValueError(f"{what}: {path} holds no config.json (not a Hugging Face model directory)")
+
+
+def hash_model_dir(path: str | os.PathLike) -> str:
+    """sha256 over a model directory's config.json and weight files."""
+    p = Path(path)
+    h = hashlib.sha256()
+    for name in ("config.json",) + _WEIGHT_FILES:
+        f = p / name
+        if f.is_file():
+            h.update(name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def hash_state_dict(model: torch.nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (name, shape, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class Teacher:
+    """A Hugging Face sequence classifier and its (fast) tokenizer.
+
+    Args:
+        model: an ``AutoModelForSequenceClassification`` instance.
+        tokenizer: its fast tokenizer (offsets are needed to map sub-words onto words).
+        max_length: truncation length in sub-word tokens.
+        fingerprint: identifies the weights (for caches); computed from the state dict if not given.
+    """
+
+    def __init__(self, model, tokenizer, *, max_length: int = 64, fingerprint: str | None = None, path: str | None = None):
+        if not getattr(tokenizer, "is_fast", False):
+            raise EdgekdValueError("Teacher: a fast tokenizer is required (offset mapping)")
+        if max_length < 4:
+            raise EdgekdValueError(f"Teacher: max_length must be >= 4, got {max_length}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.path = path
+        self._fingerprint = fingerprint
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, max_length: int = 64, device: str = "cpu") -> "Teacher":
+        """Load a local sequence-classification model directory (config.json + weights + tokenizer)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        p = Path(path)
+        _check_model_dir(p, "Teacher.from_pretrained")
+        model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True).to(device)
+        tok = AutoTokenizer.from_pretrained(str(p), use_fast=True, local_files_only=True)
+        return cls(model, tok, max_length=max_length, fingerprint=hash_model_dir(p), path=str(p))
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def label_names(self) -> list[str]:
+        id2label = self.model.config.id2label
+        return [str(id2label[i]) for i in range(len(id2label))]
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = hash_state_dict(self.model)
+        return self._fingerprint
+
+    def encode(self, texts: Sequence[str], *, offsets: bool = False) -> dict:
+        """Tokenize with dynamic padding (to the longest text of the batch)."""
+        return self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+            return_offsets_mapping=offsets,
+            return_special_tokens_mask=offsets,
+        )
+
+    @torch.inference_mode()
+    def logits(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Logits ``[N, C]`` (float32) of ``texts``; batches are formed by length to cut padding."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.model.eval()
+        for idx in _tqdm(batches, desc="teacher logits", disable=not progress, unit="batch"):
+            enc = self.encode([texts[i] for i in idx])
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            out[idx] = self.model(**enc).logits.float().cpu().numpy()
+        return out
+
+    def predict(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        return self.logits(texts, batch_size=batch_size).argmax(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of :func:`finetune_teacher`."""
+
+    epochs: float = 1.0
+    lr: float = 5e-5
+    batch_size: int = 16
+    max_length: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    freeze_embeddings: bool = False
+    eval_batch_size: int = 64
+    head_lr_multiplier: float = 1.0  # the new classification head (and pooler) learn at lr * this
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise EdgekdValueError(f"FinetuneConfig.epochs must be > 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise EdgekdValueError(f"FinetuneConfig.lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise EdgekdValueError(f"FinetuneConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise EdgekdValueError(f"FinetuneConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.head_lr_multiplier <= 0:
+            raise EdgekdValueError(f"FinetuneConfig.head_lr_multiplier must be > 0, got {self.head_lr_multiplier}")
+
+
+def finetune_teacher(
+    encoder_dir: str | os.PathLike,
+    train: TextDataset,
+    out_dir: str | os.PathLike,
+    *,
+    valid: TextDataset | None = None,
+    config: FinetuneConfig | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    reuse: bool = True,
+) -> tuple[Teacher, dict]:
+    """Fine-tune a pretrained encoder directory into a sequence classifier.
+
+    The classifier head is new (random); the whole encoder is trained with AdamW and a linear
+    warm-up/decay schedule, with dynamic padding. The result is saved with ``save_pretrained``
+    (safetensors) in ``out_dir`` with a record ``edgekd_teacher.json`` of the run; if that record
+    matches (same encoder, data and settings) and ``reuse`` is true, the saved teacher is
+    loaded instead of training again.
+
+    Returns:
+        the teacher and the record (settings, train time, validation metrics).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    cfg = config or FinetuneConfig()
+    cfg.validate()
+    enc_dir = Path(encoder_dir)
+    _check_model_dir(enc_dir, "finetune_teacher")
+    out = Path(out_dir)
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "encoder": hash_model_dir(enc_dir),
+                "train": train.fingerprint(),
+                "valid": valid.fingerprint() if valid is not None else None,
+                "config": asdict(cfg),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    record_path = out / _FINETUNE_RECORD
+    if reuse and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except json.JSONDecodeError:
+            record = {}
+        if record.get("key") == key and (out / "model.safetensors").is_file():
+            teacher = Teacher.from_pretrained(out, max_length=cfg.max_length, device=device)
+            record["reused"] = True
+            return teacher, record
+
+    _seed_all(cfg.seed)
+    names = list(train.label_names)
+    tok = AutoTokenizer.from_pretrained(str(enc_dir), use_fast=True, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(enc_dir),
+        num_labels=len(names),
+        id2label={i: n for i, n in enumerate(names)},
+        label2id={n: i for i, n in enumerate(names)},
+        local_files_only=True,
+    ).to(device)
+    if cfg.freeze_embeddings:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    teacher = Teacher(model, tok, max_length=cfg.max_length)
+
+    n = len(train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = max(1, int(round(steps_per_epoch * cfg.epochs)))
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    head_keys = ("classifier", "pooler", "pre_classifier", "score")
+
+    def _group(decay: bool, head: bool) -> dict:
+        ps = [p for nm, p in model.named_parameters()
+              if p.requires_grad and nm.endswith(no_decay) != decay and any(k in nm for k in head_keys) == head]
+        return {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+                "lr": cfg.lr * (cfg.head_lr_multiplier if head else 1.0)}
+
+    params = [g for g in (_group(True, False), _group(False, False), _group(True, True), _group(False, True))
+              if g["params"]]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
+    rng = random.Random(cfg.seed)
+    labels = torch.tensor(train.labels, dtype=torch.long)
+    t0 = time.perf_counter()
+    model.train()
+    step = 0
+    losses: list[float] = []
+    bar = _tqdm(total=total_steps, desc="teacher fine-tune", disable=not progress, unit="step")
+    while step < total_steps:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        for b in range(0, n, cfg.batch_size):
+            if step >= total_steps:
+                break
+            idx = perm[b : b + cfg.batch_size]
+            enc = teacher.encode([train.texts[i] for i in idx])
+            enc = {k: v.to(device) for k, v in enc.items()}
+            out_ = model(**enc, labels=labels[idx].to(device))
+            out_.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(out_.loss.detach()))
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    model.eval()
+    train_s = time.perf_counter() - t0
+    record: dict = {
+        "key": key,
+        "encoder_dir": str(enc_dir),
+        "config": asdict(cfg),
+        "train_examples": n,
+        "steps": total_steps,
+        "train_seconds": round(train_s, 1),
+        "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "label_names": names,
+    }
+    if valid is not None:
+        from edgekd.distill.metrics import classification_metrics
+
+        pred = teacher.logits(valid.texts, batch_size=cfg.eval_batch_size, progress=progress).argmax(-1)
+        record["valid"] = classification_metrics(valid.labels, pred, names)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    teacher = Teacher(model, tok, max_length=cfg.max_length, fingerprint=hash_model_dir(out), path=str(out))
+    record_path.write_text(json.dumps(record, indent=2))
+    record["reused"] = False
+    return teacher, record
