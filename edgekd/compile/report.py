@@ -95,8 +95,11 @@ def compile_and_compare(
                             "size_bytes": files[v["file"]]["size"] + files[manifest["preprocessing"]["tokenizer"]]["size"],
                             "instructions": {"instructions_per_inference": row["instructions_per_inference"],
                                              "counter": f"qemu-user TCG plugin ({row['cpu']})"},
-                            "accuracy": emu.get("accuracy"), "macro_f1": emu.get("macro_f1"),
-                            "accuracy_measured_on": f"emulated run on {emu.get('texts')} held-out texts"})
+                            # accuracy: the x86-64 rows measure the same files on every text; the
+                            # emulated run (parity.emulated_arm64) only checks outputs on a few texts
+                            "accuracy": None, "macro_f1": None,
+                            "emulated_check": {k: emu.get(k) for k in ("texts", "max_abs_logit_diff_vs_host_fp32",
+                                                                       "label_agreement_vs_host_fp32")}})
     md = ["## x86-64 (wall clock on this machine; baseline: teacher fp32)", "", compare_markdown(x86, 0)]
     if arm:
         md += ["## arm64 (emulated instruction counts per batch-1 inference; baseline: teacher fp32)", "",

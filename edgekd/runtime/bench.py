@@ -181,8 +181,20 @@ def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: st
         from edgekd.runtime.emulation import count_x86_instructions
 
         result["instructions"] = count_x86_instructions(bundle_path, texts[0], [bundle.variant["precision"]])[0]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: ``VmHWM`` from ``/proc/self/status`` (reset by
+    exec), else ``ru_maxrss`` (which Linux carries over from the parent across fork + exec)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _bench_emulated(bundle_path, tgt: str, precision: str, texts) -> dict[str, Any]:
