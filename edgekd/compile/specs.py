@@ -208,10 +208,10 @@ class HFSequenceClassificationSpec(ExportSpec):
     """A Hugging Face ``*ForSequenceClassification`` model directory (config, weights,
     ``tokenizer.json``), exported with ``torch.onnx.export(dynamo=True)``.
 
-    optimum's exporter is not used: optimum / optimum-onnx pin transformers < 5 and would pull a
-    second stack of dependencies for what is one ``torch.onnx.export`` call with named dynamic axes
-    for these models; the spec keeps optimum's design (declared inputs, dynamic axes, dummy
-    inputs, tolerance) instead."""
+    optimum's exporter is not used: for these models the export is one ``torch.onnx.export`` call
+    with named dynamic axes, and going through optimum would tie the export to optimum's own
+    transformers version constraints (this project runs transformers 5.x); the spec keeps
+    optimum's design (declared inputs, dynamic axes, dummy inputs, tolerance) instead."""
 
     inputs = (InputSpec("input_ids"), InputSpec("attention_mask"), InputSpec("token_type_ids"))
     outputs = ("logits",)
