@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgekd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _COMMAND_MODULES:
-        importlib.import_module(mod).register(sub)
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # a device with only edgekd[runtime] has no torch: the commands that need it are
+            # left out and the torch-free ones (predict, bench, compare) still work
+            if (exc.name or "").split(".")[0] == "edgekd":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

@@ -190,7 +190,7 @@ def compile_model(
             })
             steps.update(1)
         manifest = {
-            "format": "edgekd-bundle", "schema_version": SCHEMA_VERSION, "name": name or out.name,
+            "format": BUNDLE_FORMAT, "schema_version": SCHEMA_VERSION, "name": name or out.name,
             "task": "text-classification", "model_kind": model_kind, "label_names": labels_names,
             "inputs": [i.as_manifest() for i in spec.inputs if i.name in input_names],
             "outputs": list(spec.outputs), "explanations": spec.explanation_output,
@@ -200,7 +200,6 @@ def compile_model(
             "export_check": {"random_inputs_max_abs_logit_diff": diff, "graph": graph_info},
             "variants": variants,
         }
-        assert manifest["format"] == BUNDLE_FORMAT
         write_manifest(out, manifest)
         steps.close()
         if arm64_check:

@@ -45,7 +45,7 @@ class VariantPlan:
 
 
 def _int8_settings(op_types: tuple[str, ...], reduce_range: bool, why: str) -> dict[str, Any]:
-    return {"method": "onnxruntime.quantization.quant_pre_process + quantize_dynamic", "weight_type": "QInt8",
+    return {"method": "onnxruntime.quantization.quant_pre_process(skip_symbolic_shape=True) + quantize_dynamic", "weight_type": "QInt8",
             "activation_type": "QUInt8 (dynamic, per tensor, computed at run time)", "per_channel": True,
             "reduce_range": reduce_range, "op_types_to_quantize": list(op_types),
             "extra_options": {"MatMulConstBOnly": True}, "why": why}
@@ -96,9 +96,11 @@ def quantize_int8(src: pathlib.Path, dst: pathlib.Path, settings: dict[str, Any]
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # ORT's recommended pre-processing: symbolic shape inference + basic graph clean-up
+    # ORT's recommended pre-processing (ONNX shape inference + ORT basic clean-up). Its symbolic
+    # shape inference is skipped: it gives up on the dynamo-exported transformer graphs
+    # ("Incomplete symbolic shape inference") and dynamic quantisation does not need it.
     pre = dst.with_name(dst.stem + ".pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False)
+    quant_pre_process(str(src), str(pre), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
     quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=settings["per_channel"],
                      reduce_range=settings["reduce_range"], op_types_to_quantize=settings["op_types_to_quantize"],
                      extra_options=dict(settings["extra_options"]))

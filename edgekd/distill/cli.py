@@ -90,6 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the main job on TFNS: teacher -> annotations -> 4 students -> table",
                        description="Run the TFNS comparison (none, kl, mse, dixtill) with a built-in profile.")
     d.add_argument("--profile", choices=["quick", "full"], default="quick")
+    d.add_argument("--no-compile", dest="no_compile", action="store_true",
+                   help="skip compiling teacher and students to ONNX bundles and benchmarking them")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -102,7 +104,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_explain)
 
 
-def _run(cfg, title: str) -> int:
+def _compile_step(dist) -> None:
+    """The main job's last step: teacher and every student -> ONNX bundles (x86-64, arm64;
+    fp32, int8) -> benchmarks -> comparison table (see edgekd.compile.compile_and_compare)."""
+    from edgekd.compile import compile_and_compare
+
+    cfg = dist.config
+    students = {m: r.bundle_dir for m, r in dist.results.items()}
+    rep = compile_and_compare(dist.teacher_result().bundle_dir, students, Path(cfg.out_dir) / "bundles",
+                              eval_texts=list(dist.valid.texts), eval_labels=[int(y) for y in dist.valid.labels],
+                              teacher_max_length=cfg.teacher_max_length, student_max_length=cfg.max_length,
+                              progress=cfg.progress)
+    print()
+    print("== compiled bundles: onnxruntime on this machine (x86-64) and emulated arm64 ==")
+    print(rep["markdown"])
+    print(f"bundles: {Path(cfg.out_dir) / 'bundles'} (compare.md, compare.json)")
+
+
+def _run(cfg, title: str, compile_bundles: bool = False) -> int:
     from edgekd.distill.api import Distiller, format_table
 
     t0 = time.perf_counter()
@@ -115,6 +134,8 @@ def _run(cfg, title: str) -> int:
     print(format_table(rep))
     print(f"timings (s): {json.dumps(rep['timings_seconds'])}")
     print(f"results: {Path(cfg.out_dir) / 'results.md'} (and .json, .csv); student bundles in {cfg.out_dir}/<method>/best")
+    if compile_bundles:
+        _compile_step(dist)
     print(f"wall time: {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -131,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edgekd.distill.api import profile_config
 
     cfg = profile_config(args.profile, **_overrides(args))
-    return _run(cfg, f"TFNS demo ({args.profile} profile)")
+    return _run(cfg, f"TFNS demo ({args.profile} profile)", compile_bundles=not args.no_compile)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

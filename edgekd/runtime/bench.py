@@ -126,8 +126,11 @@ def machine_info() -> dict[str, Any]:
 def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: str = "auto",
           batches: Sequence[int] = DEFAULT_BATCHES, threads: int | None = None, texts: Sequence[str] | None = None,
           labels: Sequence[int] | None = None, warmup: int = 3, min_time: float = 1.0, min_iters: int = 10,
-          max_iters: int = 2000, count_instructions: bool = False) -> dict[str, Any]:
-    """Benchmark one variant of a bundle on this machine; returns a JSON-able result."""
+          max_iters: int = 2000, count_instructions: bool = False, accuracy_texts: Sequence[str] | None = None,
+          accuracy_labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """Benchmark one variant of a bundle on this machine; returns a JSON-able result. Accuracy and
+    macro-F1 are measured on ``accuracy_texts``/``accuracy_labels`` when given, else on
+    ``texts``/``labels`` when labels are given, else copied from the manifest's parity record."""
     for b in batches:
         if not isinstance(b, int) or b < 1:
             raise EdgekdValueError(f"batches: expected positive ints, got {list(batches)}")
@@ -159,12 +162,16 @@ def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: st
         result["throughput_per_s"][str(b)] = b / (stats["mean_ms"] / 1e3)
     e2e = _time_loop(lambda t: bundle.predict([t]), texts, min_time / 2, min_iters, max_iters)
     result["end_to_end_batch1"] = _percentiles(e2e)
-    if labels is not None:
-        y = np.asarray(list(labels))
-        preds = np.concatenate([bundle.predict(texts[s:s + 32], explain=False).label_ids for s in range(0, len(texts), 32)])
+    if accuracy_labels is not None or labels is not None:
+        acc_texts = list(accuracy_texts) if accuracy_labels is not None else texts
+        y = np.asarray(list(accuracy_labels if accuracy_labels is not None else labels))
+        if len(y) != len(acc_texts):
+            raise EdgekdValueError(f"labels: {len(y)} labels for {len(acc_texts)} texts")
+        preds = np.concatenate([bundle.predict(acc_texts[s:s + 32], explain=False).label_ids
+                                for s in range(0, len(acc_texts), 32)])
         result["accuracy"] = float((preds == y).mean())
         result["macro_f1"] = macro_f1(y, preds, len(bundle.label_names))
-        result["accuracy_measured_on"] = f"{len(texts)} labelled texts"
+        result["accuracy_measured_on"] = f"{len(acc_texts)} labelled texts"
     else:
         par = bundle.variant.get("parity", {})
         if "accuracy" in par:
@@ -174,8 +181,20 @@ def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: st
         from edgekd.runtime.emulation import count_x86_instructions
 
         result["instructions"] = count_x86_instructions(bundle_path, texts[0], [bundle.variant["precision"]])[0]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: ``VmHWM`` from ``/proc/self/status`` (reset by
+    exec), else ``ru_maxrss`` (which Linux carries over from the parent across fork + exec)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _bench_emulated(bundle_path, tgt: str, precision: str, texts) -> dict[str, Any]:
@@ -318,13 +337,15 @@ def bench_subprocess(bundle: str | os.PathLike, timeout: float = 900, **kwargs: 
     """Run :func:`bench` in a fresh interpreter (clean peak RSS, no shared caches); kwargs as for bench."""
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
         out = pathlib.Path(tmp) / "r.json"
-        spec = {"bundle": str(bundle), "out": str(out), "kwargs": kwargs}
-        code = ("import json,sys; from edgekd.runtime.bench import bench; s=json.loads(sys.argv[1]); "
+        spec_file = pathlib.Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps({"bundle": str(bundle), "out": str(out), "kwargs": kwargs}), encoding="utf-8")
+        code = ("import json,sys; from edgekd.runtime.bench import bench; "
+                "s=json.loads(open(sys.argv[1],encoding='utf-8').read()); "
                 "r=bench(s['bundle'], **s['kwargs']); open(s['out'],'w').write(json.dumps(r))")
         env = dict(os.environ)
         repo = str(pathlib.Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        r = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", code, str(spec_file)], capture_output=True, text=True,
                            timeout=timeout, env=env)
         if r.returncode != 0:
             raise EdgekdValueError(f"bench of {bundle} failed: {r.stderr[-2000:]}")

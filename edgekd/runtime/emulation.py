@@ -85,7 +85,7 @@ def _parse_rows(stdout: str, stderr: str, what: str) -> list[dict[str, Any]]:
 
 
 def run_probe_arm64(bundle: str | os.PathLike, texts: Sequence[str], precisions: Sequence[str] = ("auto",),
-                    timeout: float = 600, count_repeat: int = 0) -> list[dict[str, Any]]:
+                    timeout: float = 3600, count_repeat: int = 0) -> list[dict[str, Any]]:
     """Run :mod:`edgekd.runtime.probe` once on the emulated ARM64 CPU for each precision (one
     emulated interpreter for all); returns one dict per precision (variant, logits, attention),
     plus ``instructions_per_inference`` (batch 1, single thread) when ``count_repeat`` > 0."""
@@ -94,7 +94,10 @@ def run_probe_arm64(bundle: str | os.PathLike, texts: Sequence[str], precisions:
         cmd = [str(d / ("count" if count_repeat else "python")), "-m", "edgekd.runtime.probe", str(bundle),
                "--target", "arm64", "--precision", ",".join(precisions), "--texts", _texts_file(texts, tmp),
                "--repeat", str(count_repeat)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=tmp)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=tmp)
+        except subprocess.TimeoutExpired as exc:
+            raise EmulationError(f"arm64 probe: no answer within {timeout:.0f} s: {' '.join(cmd)}") from exc
     if r.returncode != 0:
         raise EmulationError(f"arm64 probe failed (rc={r.returncode}): {r.stderr[-3000:]}")
     rows = _parse_rows(r.stdout, r.stderr, "arm64")

@@ -18,22 +18,41 @@ HEAVY = ("torch", "transformers", "edgekd.ops", "edgekd.students", "edgekd.compi
 
 
 def test_runtime_and_bench_never_import_torch(student_bundle, tmp_path):
-    """Load, predict, bench and the bench/compare CLI in a fresh interpreter: no torch, no transformers."""
+    """Load, predict, bench and the bench CLI module in a fresh interpreter: no torch, no transformers."""
     code = f"""
 import sys, json
 from edgekd.runtime import Bundle
 from edgekd.runtime.bench import bench, bench_markdown
-from edgekd.cli import build_parser
+import edgekd.runtime.cli
 b = Bundle.load({str(student_bundle)!r})
 p = b.predict(["oil prices slump", ""])
 r = bench({str(student_bundle)!r}, batches=[1], min_time=0.01, min_iters=2, warmup=1)
-build_parser().parse_args(["bench", "x"])
 print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ("torch", "transformers", "onnx", "safetensors")
                         or m.startswith(("edgekd.ops", "edgekd.students")))))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_works_without_torch(student_bundle, tmp_path):
+    """With torch and transformers made unimportable (as on a device with only edgekd[runtime]),
+    ``edgekd predict`` and ``edgekd bench`` still work."""
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ("torch", "transformers", "onnx", "safetensors"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+from edgekd.cli import main
+assert main(["predict", {str(student_bundle)!r}, "oil prices slump"]) == 0
+assert main(["bench", {str(student_bundle)!r}, "--batches", "1", "--min-time", "0.01",
+             "--json", {str(tmp_path / "r.json")!r}]) == 0
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["latency"]["1"]["p50_ms"] > 0
 
 
 def test_predict_outputs(student_bundle):

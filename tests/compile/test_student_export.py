@@ -120,3 +120,26 @@ def test_bad_inputs(student_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(EdgekdValueError, match="shape"):
         load_student_weights(bad)
+
+
+def test_cli_compile(student_dir, tmp_path, capsys):
+    import csv
+
+    from conftest import LABELS
+    from edgekd.cli import main
+    from edgekd.runtime import Bundle
+
+    data = tmp_path / "eval.csv"
+    with open(data, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(zip(TEXTS, LABELS))
+    out = tmp_path / "cli_bundle"
+    rc = main(["compile", "bilstm_attention", str(student_dir), str(out), "--eval-data", str(data),
+               "--targets", "x86_64", "--precisions", "fp32", "--max-length", "8", "--no-arm64-check"])
+    assert rc == 0 and capsys.readouterr().out.strip().endswith(str(out))
+    m = json.loads((out / "manifest.json").read_text())
+    assert [v["id"] for v in m["variants"]] == ["x86_64-fp32"] and m["preprocessing"]["max_length"] == 8
+    assert Bundle.load(out.with_suffix(".zip")).variant["id"] == "x86_64-fp32"
+    assert main(["compile", "bilstm_attention", str(student_dir), str(out), "--eval-data", str(data)]) == 2
+    assert "exists" in capsys.readouterr().err
