@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import LABELS, TEXTS
+from compile_helpers import LABELS, TEXTS
 from edgekd.runtime.emulation import arm64_available, arm64_tool
 
 pytestmark = pytest.mark.skipif(not arm64_available(), reason=f"ARM64 emulator setup script not found at {arm64_tool()}")
