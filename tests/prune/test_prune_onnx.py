@@ -117,9 +117,10 @@ def test_quantize_rejects_bad_arguments(pruned_classifier_onnx, tmp_path):
 
 @pytest.mark.slow
 def test_token_pruned_dynamo_export_parity(tmp_path):
-    """The torch.export based exporter gives the same graph semantics (slow: ~40 s on 2 cores)."""
-    pruned = apply_token_pruning(tiny_classifier(3), TokenPruningConfig(layer=1, keep_ratio=0.5)).eval()
+    """The torch.export based exporter gives the same graph semantics (slow: tracing takes ~40 s)."""
+    model = tiny_classifier(3, num_hidden_layers=2)
+    pruned = apply_token_pruning(model, TokenPruningConfig(layer=1, keep_ratio=0.5)).eval()
     path = export_onnx(pruned, tmp_path / "dynamo.onnx", seq_len=16, dynamo=True)
     assert "TopK" in _op_types(path)
     for batch in (make_batch(2, 16, seed=7), make_batch(3, 27, lengths=[27, 12, 4], seed=8)):
-        check_onnx_parity(pruned, path, batch, atol=1e-5, rtol=1e-4)
+        check_onnx_parity(pruned, path, batch)  # fp32 tolerance 1e-4 (onnxscript fuses ops)
