@@ -12,8 +12,8 @@ Kernels (one program each):
   as in the reference and the C++ kernel) are kept; an exclusive prefix sum of the kept flags gives
   each kept position its output slot, so the positions come out in ascending order.
 - ``_gather_fwd_kernel`` (programs over (b, rows i, columns d)): ``out[b, i] = mean_s x[b, idx_s(i)]``.
-- ``_indicators_fwd_kernel`` (programs over (b, rows i)): counts of ``idx_s(i) == n``; each row is
-  owned by one program, so the counts need no cross-program synchronisation.
+- ``_indicators_fwd_kernel`` (programs over (b, rows i)): counts of ``idx_s(i) == n`` by atomic adds
+  of 1.0 (exact small integers, so the result does not depend on their order), then scaled by 1/S.
 - ``_gather_bwd_w_kernel`` / ``_indicators_bwd_w_kernel`` (one program per (b, s)):
   the per-sample weight ``w[b, s] = <G, Y_s>``.
 - ``_scores_grad_kernel`` (programs over (b, positions)): ``grad_scores = sum_s w_s Z_s / (S sigma)``.
@@ -82,8 +82,9 @@ def _select_kernel(
     # radix select: the largest thr with #(key >= thr) >= k is the k-th largest key
     n_nonneg = tl.sum((key >= 0).to(tl.int32), axis=0)
     thr = tl.where(n_nonneg >= k, tl.zeros((), tl.int64), lowest)
+    top_bit = tl.full((), KEY_BITS - 1, tl.int64)
     for j in range(KEY_BITS):
-        cand = thr + (one << (KEY_BITS - 1 - j))
+        cand = thr + (one << (top_bit - j))
         cnt = tl.sum((key >= cand).to(tl.int32), axis=0)
         thr = tl.where(cnt >= k, cand, thr)
     gt = key > thr
@@ -137,11 +138,9 @@ def _indicators_fwd_kernel(idx_ptr, out_ptr, N, S, k, BLOCK_K: tl.constexpr):
     mk = offs_k < k
     for s in range(S):
         rows = tl.load(idx_ptr + (b * S + s) * k + offs_k, mask=mk, other=0)
-        ptr = out_ptr + (b * k + offs_k) * N + rows
-        # this program owns rows offs_k of out, and the k positions of one sample are distinct
-        # per row, so a plain read-modify-write per sample is race-free
-        cur = tl.load(ptr, mask=mk, other=0.0)
-        tl.store(ptr, cur + 1.0, mask=mk)
+        # counts are small integers, exact in floating point: the sum does not depend on the order
+        # of the atomic adds, so the result is deterministic
+        tl.atomic_add(out_ptr + (b * k + offs_k) * N + rows, 1.0, mask=mk)
 
 
 @triton.jit

@@ -84,7 +84,7 @@ inline uint32_t float_key(float v) {
 
 // Top-k positions of one perturbed row, sorted ascending, written to out[0..k).
 // valid: the candidate positions (ascending); p: workspace of N values.
-void select_row_float(const float* s, const float* z, float sigma, const int64_t* valid, int64_t nv,
+void select_row(const float* s, const float* z, float sigma, const int64_t* valid, int64_t nv,
                       int64_t k, std::vector<uint64_t>& keys, int64_t* out) {
   keys.resize(nv);
   for (int64_t j = 0; j < nv; ++j) {
@@ -104,7 +104,7 @@ void select_row_float(const float* s, const float* z, float sigma, const int64_t
   std::sort(out, out + k);
 }
 
-void select_row_double(const double* s, const double* z, double sigma, const int64_t* valid,
+void select_row(const double* s, const double* z, double sigma, const int64_t* valid,
                        int64_t nv, int64_t k, std::vector<std::pair<double, int64_t>>& keys,
                        int64_t* out) {
   keys.resize(nv);
@@ -120,6 +120,17 @@ void select_row_double(const double* s, const double* z, double sigma, const int
   for (int64_t i = 0; i < k; ++i) out[i] = keys[i].second;
   std::sort(out, out + k);
 }
+
+template <typename T>
+struct SelectKey;
+template <>
+struct SelectKey<float> {
+  using Buffer = std::vector<uint64_t>;
+};
+template <>
+struct SelectKey<double> {
+  using Buffer = std::vector<std::pair<double, int64_t>>;
+};
 
 // indices (B,S,k): sorted top-k positions of every perturbed row.
 at::Tensor select_all(const at::Tensor& scores, const at::Tensor& noise,
@@ -149,20 +160,11 @@ at::Tensor select_all(const at::Tensor& scores, const at::Tensor& noise,
                   static_cast<double>(sp[j]), ") at flat position ", j);
     }
     at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) {
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        std::vector<uint64_t> keys;
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t b = t / S;
-          select_row_float(sp + b * N, zp + t * N, static_cast<float>(sigma), valid.data() + b * N,
-                           nvalid[b], k, keys, ip + t * k);
-        }
-      } else {
-        std::vector<std::pair<double, int64_t>> keys;
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t b = t / S;
-          select_row_double(sp + b * N, zp + t * N, sigma, valid.data() + b * N, nvalid[b], k, keys,
-                            ip + t * k);
-        }
+      typename SelectKey<scalar_t>::Buffer keys;
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / S;
+        select_row(sp + b * N, zp + t * N, static_cast<scalar_t>(sigma), valid.data() + b * N,
+                   nvalid[b], k, keys, ip + t * k);
       }
     });
   });

@@ -89,12 +89,16 @@ def reference_select(
     return torch.sort(order, dim=-1).values
 
 
+def _flat_rows(indices: torch.Tensor, N: int) -> torch.Tensor:
+    """indices (B, S, k) of positions in x[b] -> (B*S*k,) row numbers of x viewed as (B*N, D)."""
+    B = indices.shape[0]
+    return (indices + torch.arange(B, device=indices.device).view(B, 1, 1) * N).reshape(-1)
+
+
 def _gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """x (B, N, D), indices (B, S, k) -> rows (B, S, k, D)."""
-    B, S, k = indices.shape
-    D = x.shape[-1]
-    flat = indices.reshape(B, S * k, 1).expand(B, S * k, D)
-    return x.gather(1, flat).view(B, S, k, D)
+    B, N, D = x.shape
+    return x.reshape(B * N, D).index_select(0, _flat_rows(indices, N)).view(*indices.shape, D)
 
 
 def reference_gather_forward(
@@ -119,12 +123,17 @@ def reference_gather_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact estimator of the fused form: ``(grad_scores (B, N), grad_x (B, N, D))``."""
     B, S, k = indices.shape
-    D = x.shape[-1]
-    w = torch.einsum("bkd,bskd->bs", grad_out, _gather_rows(x, indices))  # <G, Y_s>
+    N, D = x.shape[1], x.shape[2]
+    rows = _gather_rows(x, indices)  # (B, S, k, D)
+    w = (rows.view(B, S, k * D) @ grad_out.reshape(B, k * D, 1)).squeeze(-1)  # <G, Y_s>: (B, S)
     grad_scores = torch.einsum("bs,bsn->bn", w, noise) / (S * sigma)
-    src = grad_out.unsqueeze(1).expand(B, S, k, D).reshape(B, S * k, D)
-    flat = indices.reshape(B, S * k, 1).expand(B, S * k, D)
-    grad_x = torch.zeros_like(x).scatter_add_(1, flat, src) / S
+    # dL/dx: add dL/dout[b, i] / S to row idx_s(i) of x[b], one sample at a time (index_add_ over
+    # the (B*N, D) rows, vectorised over D)
+    grad_x = torch.zeros_like(x).view(B * N, D)
+    src = (grad_out / S).reshape(B * k, D)
+    for s in range(S):
+        grad_x.index_add_(0, _flat_rows(indices[:, s : s + 1], N), src)
+    grad_x = grad_x.view(B, N, D)
     return grad_scores, grad_x
 
 
