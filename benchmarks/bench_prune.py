@@ -267,6 +267,26 @@ def cmd_latency(args) -> None:
         for _ in range(reps):
             for k, sess in sessions.items():
                 rows[k][key] += _time_session(sess, feeds, 1)
+    int8_metrics: dict[str, dict[str, float]] = {}
+    if args.int8 and args.eval_n:
+        from sklearn.metrics import accuracy_score, f1_score
+        from transformers import BertTokenizerFast
+
+        texts, labels = load_imdb("test", args.eval_n, args.seed + 1)  # the train stage's test subset
+        for name in args.models:
+            tok = BertTokenizerFast.from_pretrained(pathlib.Path(args.out) / name)
+            sess = sessions[f"{name}+int8"]
+            preds: list[int] = []
+            for i in range(0, len(texts), 32):
+                enc = encode(tok, texts[i : i + 32], args.eval_max_len)
+                logits = sess.run(None, {k: v.numpy() for k, v in enc.items()})[0]
+                preds += logits.argmax(-1).tolist()
+            int8_metrics[f"{name}+int8"] = {
+                "accuracy": accuracy_score(labels, preds),
+                "macro_f1": f1_score(labels, preds, average="macro"),
+                "test_n": args.eval_n,
+                "max_len": args.eval_max_len,
+            }
     base = args.models[0]
     med = {k: {b: statistics.median(v[b]) for b in ("b1", "b32")} for k, v in rows.items()}
     for k, path in files.items():
@@ -290,8 +310,37 @@ def cmd_latency(args) -> None:
                 "repeats_b1": args.repeats_b1,
                 "repeats_b32": args.repeats_b32,
                 "onnxruntime": ort.__version__,
+                **int8_metrics.get(k, {}),
             },
         )
+
+
+def cmd_report(args) -> None:
+    """Markdown tables of the JSONL results (accuracy rows and latency rows), to stdout."""
+    rows = [json.loads(line) for line in pathlib.Path(args.results).read_text().splitlines() if line.strip()]
+    acc = {r["name"]: r for r in rows if r["stage"] in ("train", "ahp")}
+    lat = [r for r in rows if r["stage"] == "latency"]
+    print("| model | accuracy | macro-F1 | ONNX size (MB) | b1 latency (ms) | b32 throughput (seq/s) | speed-up b1 | speed-up b32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    seen = set()
+    for r in lat:
+        base = r["name"].split("+")[0]
+        a = acc.get(base) if "+int8" not in r["name"] else (r if "accuracy" in r else None)
+        seen.add(base)
+        cells = [
+            r["name"],
+            f"{a['accuracy']:.3f}" if a else "n/m",
+            f"{a['macro_f1']:.3f}" if a else "n/m",
+            f"{r['size_mb']}",
+            f"{r['b1_ms']} (spread {r['b1_spread_ms']})",
+            f"{r['b32_seq_per_s']} ({r['b32_ms']} ms/batch, spread {r['b32_spread_ms']})",
+            f"{r['speedup_b1']}x",
+            f"{r['speedup_b32']}x",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    for name, a in acc.items():
+        if name not in seen:
+            print(f"| {name} | {a['accuracy']:.3f} | {a['macro_f1']:.3f} | n/m | n/m | n/m | n/m | n/m |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--repeats-b1", type=int, default=20)
     lat.add_argument("--repeats-b32", type=int, default=5)
     lat.add_argument("--int8", action="store_true", help="also time dynamic int8 versions")
+    lat.add_argument("--eval-n", type=int, default=0, help="test reviews to evaluate the int8 models on (onnxruntime)")
+    lat.add_argument("--eval-max-len", type=int, default=256)
     lat.set_defaults(func=cmd_latency)
+
+    rep = sub.add_parser("report")
+    rep.set_defaults(func=cmd_report)
 
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
