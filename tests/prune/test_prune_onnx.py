@@ -56,6 +56,14 @@ def test_token_pruned_encoder_export_keeps_k_tokens(tmp_path):
     assert kept.sum(1).tolist() == [5, 4]
 
 
+def test_fixed_k_export_clips_k_to_short_inputs(tmp_path):
+    pruned = apply_token_pruning(tiny_classifier(4), TokenPruningConfig(layer=1, k=6)).eval()
+    path = export_onnx(pruned, tmp_path / "k6.onnx", seq_len=12)
+    # longer than traced, shorter than k (k clipped to N in the graph), padded rows
+    for batch in (make_batch(3, 20, lengths=[20, 4, 9], seed=2), make_batch(2, 4, seed=3)):
+        check_onnx_parity(pruned, path, batch, atol=1e-5, rtol=1e-4)
+
+
 def test_head_pruned_export_parity(tmp_path):
     model = tiny_classifier(2)
     prune_heads(model, {0: [0, 1], 3: [2]})
