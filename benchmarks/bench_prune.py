@@ -318,6 +318,17 @@ def cmd_latency(args) -> None:
 def cmd_report(args) -> None:
     """Markdown tables of the JSONL results (accuracy rows and latency rows), to stdout."""
     rows = [json.loads(line) for line in pathlib.Path(args.results).read_text().splitlines() if line.strip()]
+    # the same rows as CSV next to the JSONL (one column per key seen)
+    import csv
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with pathlib.Path(args.results).with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
     acc = {r["name"]: r for r in rows if r["stage"] in ("train", "ahp")}
     lat = [r for r in rows if r["stage"] == "latency"]
     print("| model | accuracy | macro-F1 | ONNX size (MB) | b1 latency (ms) | b32 throughput (seq/s) | speed-up b1 | speed-up b32 |")
