@@ -158,7 +158,7 @@ def cmd_train(args) -> None:
             "stage": "train",
             "name": args.name,
             "prune_layer": args.prune_layer,
-            "keep": args.keep,
+            "keep": args.keep if pruned is not None else None,
             "estimator": args.estimator if pruned is not None else None,
             "num_samples": args.num_samples if pruned is not None else None,
             "sigma": args.sigma if pruned is not None else None,
