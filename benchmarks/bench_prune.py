@@ -105,8 +105,13 @@ def cmd_train(args) -> None:
         pruned.generator = torch.Generator().manual_seed(args.seed)
     net = pruned if pruned is not None else model
     texts, labels = load_imdb("train", args.train_n, args.seed)
+    # the new classifier (and the pooler, which all-MiniLM-L6-v2 never trained for classification)
+    # get a larger learning rate than the encoder: with a budget of a few dozen steps the head
+    # would otherwise barely move from its random initialisation
+    head = ("classifier.", "bert.pooler.", "model.classifier.", "model.bert.pooler.")
     params = [
-        {"params": [p for n, p in net.named_parameters() if not n.startswith("scorer.")], "lr": args.lr},
+        {"params": [p for n, p in net.named_parameters() if not n.startswith(("scorer.",) + head)], "lr": args.lr},
+        {"params": [p for n, p in net.named_parameters() if n.startswith(head)], "lr": args.head_lr},
     ]
     if pruned is not None:
         params.append({"params": list(pruned.scorer.parameters()), "lr": args.scorer_lr})
@@ -153,7 +158,7 @@ def cmd_train(args) -> None:
             "stage": "train",
             "name": args.name,
             "prune_layer": args.prune_layer,
-            "keep": args.keep,
+            "keep": args.keep if pruned is not None else None,
             "estimator": args.estimator if pruned is not None else None,
             "num_samples": args.num_samples if pruned is not None else None,
             "sigma": args.sigma if pruned is not None else None,
@@ -162,6 +167,9 @@ def cmd_train(args) -> None:
             "max_len": args.max_len,
             "epochs": args.epochs,
             "batch": args.batch,
+            "lr": args.lr,
+            "head_lr": args.head_lr,
+            "scorer_lr": args.scorer_lr if pruned is not None else None,
             "steps": steps,
             "train_s": round(train_s, 1),
             "eval_s": round(eval_s, 1),
@@ -223,16 +231,23 @@ def _time_session(sess, feeds: dict[str, np.ndarray], repeats: int) -> list[floa
 def cmd_latency(args) -> None:
     import onnxruntime as ort
 
-    from edgekd.prune.export import export_onnx
+    from edgekd.prune.export import check_onnx_parity, export_onnx
     from edgekd.quantize import quantize_dynamic
 
     onnx_dir = pathlib.Path(args.out) / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, pathlib.Path] = {}
+    parity: dict[str, float] = {}
+    check = {"input_ids": torch.randint(1000, 20000, (3, 40)), "attention_mask": torch.ones(3, 40, dtype=torch.long)}
+    check["attention_mask"][1, 25:] = 0
+    check["attention_mask"][2, 9:] = 0
+    check["input_ids"][:, 0] = 101
     for name in args.models:
         model = _load_any(pathlib.Path(args.out) / name)
         path = onnx_dir / f"{name}.onnx"
         export_onnx(model, path, seq_len=64, batch_size=2)
+        # fp32 parity with PyTorch on a padded batch of another shape than the traced one
+        parity[name] = check_onnx_parity(model, path, check, atol=1e-4, rtol=1e-4)
         files[name] = path
         if args.int8:
             files[f"{name}+int8"] = quantize_dynamic(path, onnx_dir / f"{name}.int8.onnx")
@@ -252,6 +267,26 @@ def cmd_latency(args) -> None:
         for _ in range(reps):
             for k, sess in sessions.items():
                 rows[k][key] += _time_session(sess, feeds, 1)
+    int8_metrics: dict[str, dict[str, float]] = {}
+    if args.int8 and args.eval_n:
+        from sklearn.metrics import accuracy_score, f1_score
+        from transformers import BertTokenizerFast
+
+        texts, labels = load_imdb("test", args.eval_n, args.seed + 1)  # the train stage's test subset
+        for name in args.models:
+            tok = BertTokenizerFast.from_pretrained(pathlib.Path(args.out) / name)
+            sess = sessions[f"{name}+int8"]
+            preds: list[int] = []
+            for i in range(0, len(texts), 32):
+                enc = encode(tok, texts[i : i + 32], args.eval_max_len)
+                logits = sess.run(None, {k: v.numpy() for k, v in enc.items()})[0]
+                preds += logits.argmax(-1).tolist()
+            int8_metrics[f"{name}+int8"] = {
+                "accuracy": accuracy_score(labels, preds),
+                "macro_f1": f1_score(labels, preds, average="macro"),
+                "test_n": args.eval_n,
+                "max_len": args.eval_max_len,
+            }
     base = args.models[0]
     med = {k: {b: statistics.median(v[b]) for b in ("b1", "b32")} for k, v in rows.items()}
     for k, path in files.items():
@@ -263,6 +298,7 @@ def cmd_latency(args) -> None:
                 "seq": args.seq,
                 "threads": args.threads,
                 "size_mb": round(path.stat().st_size / 2**20, 1),
+                "fp32_parity_max_abs": parity.get(k),
                 "b1_ms": round(1000 * med[k]["b1"], 1),
                 "b1_spread_ms": round(1000 * (max(rows[k]["b1"]) - min(rows[k]["b1"])), 1),
                 "b32_seq_per_s": round(32 / med[k]["b32"], 2),
@@ -274,8 +310,48 @@ def cmd_latency(args) -> None:
                 "repeats_b1": args.repeats_b1,
                 "repeats_b32": args.repeats_b32,
                 "onnxruntime": ort.__version__,
+                **int8_metrics.get(k, {}),
             },
         )
+
+
+def cmd_report(args) -> None:
+    """Markdown tables of the JSONL results (accuracy rows and latency rows), to stdout."""
+    rows = [json.loads(line) for line in pathlib.Path(args.results).read_text().splitlines() if line.strip()]
+    # the same rows as CSV next to the JSONL (one column per key seen)
+    import csv
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with pathlib.Path(args.results).with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+    acc = {r["name"]: r for r in rows if r["stage"] in ("train", "ahp")}
+    lat = [r for r in rows if r["stage"] == "latency"]
+    print("| model | accuracy | macro-F1 | ONNX size (MB) | b1 latency (ms) | b32 throughput (seq/s) | speed-up b1 | speed-up b32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    seen = set()
+    for r in lat:
+        base = r["name"].split("+")[0]
+        a = acc.get(base) if "+int8" not in r["name"] else (r if "accuracy" in r else None)
+        seen.add(base)
+        cells = [
+            r["name"],
+            f"{a['accuracy']:.3f}" if a else "n/m",
+            f"{a['macro_f1']:.3f}" if a else "n/m",
+            f"{r['size_mb']}",
+            f"{r['b1_ms']} (spread {r['b1_spread_ms']})",
+            f"{r['b32_seq_per_s']} ({r['b32_ms']} ms/batch, spread {r['b32_spread_ms']})",
+            f"{r['speedup_b1']}x",
+            f"{r['speedup_b32']}x",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    for name, a in acc.items():
+        if name not in seen:
+            print(f"| {name} | {a['accuracy']:.3f} | {a['macro_f1']:.3f} | n/m | n/m | n/m | n/m | n/m |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-len", type=int, default=256)
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--head-lr", type=float, default=1e-3, help="classifier + pooler learning rate")
     t.add_argument("--scorer-lr", type=float, default=1e-3)
     t.add_argument("--prune-layer", type=int, default=None)
     t.add_argument("--keep", type=float, default=0.5)
@@ -317,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--repeats-b1", type=int, default=20)
     lat.add_argument("--repeats-b32", type=int, default=5)
     lat.add_argument("--int8", action="store_true", help="also time dynamic int8 versions")
+    lat.add_argument("--eval-n", type=int, default=0, help="test reviews to evaluate the int8 models on (onnxruntime)")
+    lat.add_argument("--eval-max-len", type=int, default=256)
     lat.set_defaults(func=cmd_latency)
+
+    rep = sub.add_parser("report")
+    rep.set_defaults(func=cmd_report)
 
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -17,7 +17,6 @@ quantised and measured.
 """
 from __future__ import annotations
 
-import logging
 import pathlib
 import tempfile
 from typing import Iterable, Mapping
@@ -27,8 +26,6 @@ import numpy as np
 from edgekd.errors import EdgekdValueError
 
 __all__ = ["quantize_dynamic", "quantize_static", "CALIBRATION_METHODS", "QUANT_TYPES"]
-
-_log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("qint8", "quint8")
@@ -57,11 +54,10 @@ def _preprocessed(src: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = workdir / "preprocessed.onnx"
-    try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
-    except Exception as exc:  # symbolic shape inference cannot follow some dynamic graphs
-        _log.warning("symbolic shape inference failed (%s); pre-processing without it", exc)
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    # ONNX Runtime's *symbolic* shape inference cannot follow the position-id slicing of exported
+    # BERT graphs (Min(max_positions, sequence)) and, when it fails, dumps files into the working
+    # directory; ONNX shape inference and the graph optimisation still run.
+    quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     return out
 
 

@@ -162,7 +162,9 @@ class TokenPruningConfig:
         if self.k is not None:
             if isinstance(seq_len, int):
                 return min(self.k, seq_len)
-            return torch.sym_min(self.k, seq_len)
+            if isinstance(seq_len, torch.Tensor):  # a traced size (TorchScript ONNX exporter)
+                return torch.clamp(seq_len, max=self.k)
+            return torch.sym_min(self.k, seq_len)  # a symbolic size (torch.export)
         frac = Fraction(self.keep_ratio).limit_denominator(1 << 20)
         # ceil(N * p / q) with p/q <= 1 stays in [1, N] for N >= 1
         return -((-seq_len * frac.numerator) // frac.denominator)

@@ -45,7 +45,7 @@ def test_importance_equals_finite_difference_of_head_scale():
     imp = head_importance(model, [batch], normalize_layers=False)
     assert [t.shape for t in imp] == [(4,)] * 4
     eps = 1e-5
-    for layer, head in [(0, 1), (2, 3), (3, 0)]:
+    for layer, head in [(0, 1), (3, 2)]:
         plus, minus = copy.deepcopy(model), copy.deepcopy(model)
         _scale_value_head(plus, layer, head, 1 + eps)
         _scale_value_head(minus, layer, head, 1 - eps)

@@ -56,8 +56,7 @@ def _check_against_reference(pruned, batch, k_total):
         assert out.kept_mask[b].tolist() == [1] * m + [0] * (out.kept_mask.shape[1] - m)
 
 
-@pytest.mark.parametrize("layer", [0, 2, 3])
-@pytest.mark.parametrize("keep_ratio", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("layer,keep_ratio", [(0, 0.25), (1, 0.5), (2, 0.5), (3, 0.75)])
 def test_eval_equals_hand_gathered_reference(layer, keep_ratio):
     pruned = apply_token_pruning(tiny_classifier(), TokenPruningConfig(layer=layer, keep_ratio=keep_ratio)).eval()
     batch = make_batch(3, 20, seed=layer)
