@@ -273,7 +273,7 @@ class HFSequenceClassificationSpec(ExportSpec):
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         shapes = {n: {0: batch, 1: seq} for n in names}
         with torch.no_grad():
-            torch.onnx.export(LogitsOnly(model), args, str(path), input_names=names, output_names=["logits"],
+            torch.onnx.export(LogitsOnly(model).eval(), args, str(path), input_names=names, output_names=["logits"],
                               dynamic_shapes=shapes, opset_version=opset, dynamo=True, external_data=False,
                               verbose=False)
 
