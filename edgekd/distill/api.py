@@ -204,30 +204,45 @@ def profile_config(profile: str, **overrides: Any) -> DistillConfig:
     training tweet and 500 validation tweets, students up to 30 epochs with patience 5.
     """
     if profile == "quick":
-        notes = [
-            "quick profile: teacher (MiniLM-L6) fine-tuned 1 epoch on 2,000 of 9,543 training tweets (stratified)",
-            "quick profile: students trained on 4,000 of 9,543 training tweets (stratified)",
-            "quick profile: teacher IG with 8 steps (not 50) on 500 of those 4,000 tweets; the XAI loss "
-            "uses only those",
-            "quick profile: explanation agreement on 150 validation tweets; accuracy/macro-F1 on all 2,388",
-            "quick profile: students at most 8 epochs (patience 2)",
-        ]
         cfg = DistillConfig(
             teacher_train_limit=2000, teacher_epochs=1.0, teacher_lr=1e-4, teacher_batch_size=16,
             teacher_max_length=64, train_limit=4000, attribute_limit=500, eval_attribute_limit=150,
             ig_steps=8, ig_batch_size=8, epochs=8, patience=2, student_ig_steps=16,
-            out_dir="runs/demo-quick", profile="quick", notes=notes, min_frequency=1,
+            out_dir="runs/demo-quick", profile="quick", min_frequency=1,
         )
     elif profile == "full":
         cfg = DistillConfig(
             teacher_epochs=3.0, teacher_lr=5e-5, teacher_batch_size=16, teacher_max_length=64,
             ig_steps=50, ig_batch_size=4, eval_attribute_limit=500, epochs=30, patience=5,
             student_ig_steps=50, out_dir="runs/demo-full", profile="full",
-            notes=["full profile: all training data, IG 50 steps on every training tweet"],
         )
     else:
         raise EdgekdValueError(f"profile must be 'quick' or 'full', got {profile!r}")
-    return cfg.replace(**overrides) if overrides else cfg
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    # the notes describe the settings actually used (after command-line overrides), not the defaults
+    return cfg if "notes" in overrides else cfg.replace(notes=profile_notes(cfg))
+
+
+def profile_notes(cfg: DistillConfig) -> list[str]:
+    """One line per shortcut of ``cfg`` against the paper's setting (all data, IG with 50 steps)."""
+
+    def amount(limit: int | None) -> str:
+        return "all" if limit is None else f"{limit:,} (stratified)"
+
+    p = f"{cfg.profile} profile"
+    ig = f"teacher IG with {cfg.ig_steps} steps" + ("" if cfg.ig_steps >= 50 else " (paper: 50)")
+    if cfg.attribute_limit is None:
+        ig += " on every student training text"
+    else:
+        ig += f" on {cfg.attribute_limit:,} of the student training texts; the XAI loss uses only those"
+    return [
+        f"{p}: teacher fine-tuned {cfg.teacher_epochs:g} epoch(s) on {amount(cfg.teacher_train_limit)} training texts",
+        f"{p}: students trained on {amount(cfg.train_limit)} training texts, at most {cfg.epochs} epochs "
+        f"(patience {cfg.patience})",
+        f"{p}: {ig}",
+        f"{p}: explanation agreement on {amount(cfg.eval_attribute_limit)} validation texts; "
+        f"accuracy/macro-F1 on {amount(cfg.valid_limit)} validation texts",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

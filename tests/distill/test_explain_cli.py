@@ -113,3 +113,16 @@ def test_cli_parses_every_command():
 
     q = profile_config("quick", epochs=2)
     assert q.epochs == 2 and q.ig_steps == 8 and q.notes and profile_config("full").ig_steps == 50
+
+
+def test_profile_notes_describe_the_settings_used():
+    from edgekd.distill.api import profile_config
+
+    q = profile_config("quick")
+    assert any("2,000" in n and "teacher" in n for n in q.notes)
+    small = profile_config("quick", teacher_train_limit=100, train_limit=300, ig_steps=2, epochs=1)
+    text = "\n".join(small.notes)
+    assert "100 (stratified) training texts" in text and "300 (stratified)" in text
+    assert "IG with 2 steps" in text and "at most 1 epochs" in text
+    assert "2,000" not in text and "4,000" not in text
+    assert profile_config("quick", notes=["mine"]).notes == ["mine"]
