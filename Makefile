@@ -24,7 +24,7 @@ build: $(VENV)/.installed
 	$(VPY) setup.py build_ext --inplace -q
 
 test: $(VENV)/.installed build
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	EDGEKD_STRICT=1 $(VPY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed build
 	$(VPY) -m pytest -q -x -m "not slow" $(PYTEST_ARGS)

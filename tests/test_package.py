@@ -44,3 +44,13 @@ def test_errors_are_value_errors():
     assert issubclass(BundleError, ValueError)
     with pytest.raises(ValueError):
         raise BundleError("x")
+
+
+@pytest.mark.skipif(os.environ.get("EDGEKD_STRICT", "0") != "1", reason="only under `make test` (EDGEKD_STRICT=1)")
+def test_strict_run_has_the_extension_and_triton():
+    """`make test` sets EDGEKD_STRICT=1: there, tests that depend on the native extension or on
+    triton must run, not skip, so a broken build fails CI instead of hiding behind skips."""
+    from edgekd._ext import extension_error, has_extension
+
+    assert has_extension(), f"edgekd._C did not load: {extension_error()}"
+    import triton  # noqa: F401
