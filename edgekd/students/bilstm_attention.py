@@ -51,6 +51,7 @@ _LSTM_NAMES = (
     "bias_ih_l0_reverse",
     "bias_hh_l0_reverse",
 )
+_LSTM_NAMES_LIST = list(_LSTM_NAMES)
 
 
 @dataclass
@@ -371,7 +372,16 @@ class BiLSTMAttentionStudent(nn.Module):
 
     def lstm_weights(self) -> List[Tensor]:
         """The 8 LSTM tensors in ``nn.LSTM`` order (forward direction, then ``_reverse``)."""
-        return [getattr(self.lstm, name) for name in _LSTM_NAMES]
+        lstm = self.lstm
+        # nn.LSTM keeps this list in sync with its parameters (also when one is re-assigned); reading
+        # it costs one attribute lookup instead of eight nn.Module.__getattr__ calls, which matters at
+        # batch 1. Fall back to the names when the layout is not the expected one, or when tracing.
+        if (
+            getattr(lstm, "_flat_weights_names", None) == _LSTM_NAMES_LIST
+            and not torch.compiler.is_compiling()
+        ):
+            return lstm._flat_weights
+        return [getattr(lstm, name) for name in _LSTM_NAMES]
 
     def encode(self, input_ids: Tensor, lengths: Tensor, num_valid: Optional[int] = None) -> Tensor:
         """BiLSTM states (B, T, 2H), zeros at padding, for an already validated batch.
