@@ -166,8 +166,11 @@ class TokenPruningConfig:
                 return torch.clamp(seq_len, max=self.k)
             return torch.sym_min(self.k, seq_len)  # a symbolic size (torch.export)
         frac = Fraction(self.keep_ratio).limit_denominator(1 << 20)
-        # ceil(N * p / q) with p/q <= 1 stays in [1, N] for N >= 1
-        return -((-seq_len * frac.numerator) // frac.denominator)
+        # ceil(N * p / q) with p/q <= 1 stays in [1, N] for N >= 1. Written as a division of
+        # non-negative numbers, (N * p + q - 1) // q: the TorchScript ONNX exporter turns a traced
+        # `//` into ONNX integer Div, which truncates toward zero, so the usual -((-N * p) // q)
+        # became floor(N * p / q) in the graph (fewer tokens kept than in PyTorch).
+        return (seq_len * frac.numerator + (frac.denominator - 1)) // frac.denominator
 
     def sigma_at(self, progress: float) -> float:
         """Noise scale at ``progress`` in [0, 1] of training."""

@@ -56,6 +56,19 @@ def test_token_pruned_encoder_export_keeps_k_tokens(tmp_path):
     assert kept.sum(1).tolist() == [5, 4]
 
 
+def test_export_keeps_ceil_of_ratio_times_length(tmp_path):
+    """k = ceil(keep_ratio * N) in the graph too, when keep_ratio * N is not an integer (the traced
+    `//` becomes ONNX integer Div, which truncates: k was once floor(keep_ratio * N) in ONNX)."""
+    pruned = apply_token_pruning(tiny_encoder(2), TokenPruningConfig(layer=1, keep_ratio=0.3)).eval()
+    path = export_onnx(pruned, tmp_path / "r03.onnx", seq_len=16)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (16, 9, 4, 3, 2, 1):
+        batch = make_batch(2, n, lengths=[n, max(1, n // 2)], seed=n)
+        check_onnx_parity(pruned, path, batch, atol=1e-5, rtol=1e-4)
+        hidden, kept = sess.run(None, {k: v.numpy() for k, v in batch.items()})
+        assert hidden.shape[1] == pruned.pruning_config.num_kept(n) == -(-3 * n // 10)
+
+
 def test_fixed_k_export_clips_k_to_short_inputs(tmp_path):
     pruned = apply_token_pruning(tiny_classifier(4), TokenPruningConfig(layer=1, k=6)).eval()
     path = export_onnx(pruned, tmp_path / "k6.onnx", seq_len=12)
