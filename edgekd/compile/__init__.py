@@ -13,8 +13,8 @@ writes a bundle directory plus the same as ``.zip`` (format: :mod:`edgekd.runtim
 from __future__ import annotations
 
 from edgekd.compile.pipeline import DEFAULT_PRECISIONS, DEFAULT_TARGETS, ParityError, compile_model
-from edgekd.compile.specs import (ExportSpec, InputSpec, get_export_spec, register_export_spec,
-                                  registered_kinds)
+from edgekd.compile.specs import (ExportSpec, InputSpec, detect_model_kind, get_export_spec,
+                                  register_export_spec, registered_kinds)
 
 
 def compile_student(model_dir, out, *, eval_texts, eval_labels=None, tokenizer=None, **kwargs):
@@ -39,5 +39,5 @@ def compile_and_compare(*args, **kwargs):
 
 
 __all__ = ["compile_model", "compile_student", "compile_teacher", "compile_and_compare", "ParityError",
-           "ExportSpec", "InputSpec", "register_export_spec", "get_export_spec", "registered_kinds",
+           "ExportSpec", "InputSpec", "register_export_spec", "get_export_spec", "registered_kinds", "detect_model_kind",
            "DEFAULT_TARGETS", "DEFAULT_PRECISIONS"]

@@ -5,8 +5,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="compile a student or a Hugging Face teacher into an ONNX bundle")
-    p.add_argument("kind", help="model kind: bilstm_attention (student) or hf_sequence_classification (teacher)")
+    p = sub.add_parser("compile", help="compile a student, a Hugging Face teacher or a pruned model into an ONNX bundle",
+                       usage="edgekd compile [-h] [KIND] SOURCE OUT --eval-data FILE [options]")
+    p.add_argument("kind", nargs="?", default="auto", metavar="KIND",
+                   help="model kind: bilstm_attention (student), hf_sequence_classification (teacher, head-pruned "
+                        "BERT), token_pruned_bert (edgekd prune tokens); default auto: detected from SOURCE")
     p.add_argument("source", help="model directory")
     p.add_argument("out", help="bundle directory to write (the .zip goes next to it)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: SOURCE/tokenizer.json)")

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgekdError, EdgekdValueError
-from edgekd.compile.specs import ExportSpec, get_export_spec
+from edgekd.compile.specs import ExportSpec, detect_model_kind, get_export_spec
 from edgekd.compile.variants import build_variant_files, copy_tokenizer, plan_variants
 
 DEFAULT_TARGETS = ("x86_64", "arm64")
@@ -101,7 +101,10 @@ def compile_model(
     """Compile a model into a bundle directory ``out`` (and ``out.zip``); returns the directory.
 
     ``model_kind``: a registered export spec (``"bilstm_attention"`` for the student,
-    ``"hf_sequence_classification"`` for Hugging Face teachers). ``eval_texts``/``eval_labels``:
+    ``"hf_sequence_classification"`` for Hugging Face teachers and head-pruned BERTs,
+    ``"token_pruned_bert"`` for token-pruned BERT / MiniLM classifiers), or ``"auto"`` to detect it
+    from the directory (:func:`edgekd.compile.specs.detect_model_kind`). ``opset`` is raised to the
+    spec's minimum when lower (18 for ``token_pruned_bert``). ``eval_texts``/``eval_labels``:
     the held-out slice every variant is checked on (labels optional: without them only logit
     parity and label agreement are stored). Raises :class:`ParityError` if the fp32 export is off
     by more than the spec's tolerance. ``arm64_check``: also run the arm64 variants under the
@@ -116,9 +119,14 @@ def compile_model(
     from edgekd.runtime.bundle import BUNDLE_FORMAT, SCHEMA_VERSION, write_manifest, write_zip
     from edgekd.runtime.preprocess import Preprocessor
 
+    if model_kind == "auto":
+        model_kind = detect_model_kind(source)
     spec: ExportSpec = get_export_spec(model_kind)(source, tokenizer)
     if not isinstance(max_length, int) or max_length < 1:
         raise EdgekdValueError(f"max_length: expected a positive int, got {max_length!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 1:
+        raise EdgekdValueError(f"opset: expected a positive int, got {opset!r}")
+    opset = max(opset, spec.min_opset)
     labels_names = spec.label_names()
     texts, y = _validate_eval(eval_texts, eval_labels, len(labels_names))
     out = pathlib.Path(out)

@@ -58,6 +58,39 @@ def registered_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def detect_model_kind(source: str | pathlib.Path) -> str:
+    """The export spec for a model directory, from its files (JSON only, nothing is executed):
+
+    - ``token_pruning.json`` (written by ``TokenPrunedModel.save_pretrained``): ``token_pruned_bert``;
+    - ``config.json`` with ``model_type: "bilstm_attention"``: the student, ``bilstm_attention``;
+    - ``config.json`` naming a ``*ForSequenceClassification`` architecture (head-pruned models
+      included): ``hf_sequence_classification``.
+    """
+    path = pathlib.Path(source)
+    if not path.is_dir():
+        raise EdgekdValueError(f"source: expected a model directory, got {str(source)!r} (not a directory)")
+    if (path / "token_pruning.json").is_file():
+        return "token_pruned_bert"
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise EdgekdValueError(f"source: cannot detect the model kind of {path}: it holds no config.json; "
+                               f"pass the kind explicitly, one of {registered_kinds()}")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgekdValueError(f"source: {cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise EdgekdValueError(f"source: {cfg_path} is not a JSON object")
+    if cfg.get("model_type") == "bilstm_attention":
+        return "bilstm_attention"
+    archs = cfg.get("architectures") or []
+    if isinstance(archs, list) and any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs):
+        return "hf_sequence_classification"
+    raise EdgekdValueError(
+        f"source: cannot detect the model kind of {path} (config.json: model_type {cfg.get('model_type')!r}, "
+        f"architectures {archs!r}; no token_pruning.json); pass the kind explicitly, one of {registered_kinds()}")
+
+
 def post_padded_dummy(batch: int, seq: int, vocab: int, low: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids in ``[low, vocab)`` with post-padding: row lengths vary from 1 to ``seq``."""
     rng = np.random.default_rng(seed)
@@ -79,6 +112,8 @@ class ExportSpec:
     explanation_output: ClassVar[str | None] = None
     #: op types ORT's dynamic quantisation should quantise for this kind
     quantize_op_types: ClassVar[tuple[str, ...]] = ("MatMul",)
+    #: lowest ONNX opset the exporter of this kind supports (``compile_model`` raises a lower one to it)
+    min_opset: ClassVar[int] = 1
 
     def __init__(self, source: str | pathlib.Path, tokenizer: str | pathlib.Path | None = None):
         self.source = pathlib.Path(source)
@@ -222,12 +257,37 @@ class HFSequenceClassificationSpec(ExportSpec):
     def __init__(self, source, tokenizer=None):
         super().__init__(source, tokenizer)
         self._model = None
+        if (self.source / "token_pruning.json").is_file():
+            import warnings
+
+            warnings.warn(f"{self.source} holds a token-pruned model: 'hf_sequence_classification' compiles the "
+                          "unpruned transformer; use model kind 'token_pruned_bert' (or 'auto') to keep the pruning",
+                          stacklevel=2)
+
+    def _pruned_heads(self) -> dict:
+        try:
+            cfg = json.loads((self.source / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        heads = cfg.get("edgekd_pruned_heads") if isinstance(cfg, dict) else None
+        return heads if isinstance(heads, dict) else {}
 
     def model(self):
         if self._model is None:
-            from transformers import AutoModelForSequenceClassification
+            if any(self._pruned_heads().values()):
+                # attention-head pruned (edgekd.prune.heads): the sliced weights only fit the smaller
+                # architecture, which transformers cannot build from the config alone
+                from edgekd.prune.heads import load_head_pruned_model
 
-            self._model = AutoModelForSequenceClassification.from_pretrained(str(self.source)).eval()
+                model = load_head_pruned_model(self.source)
+                if type(model).__name__ != "BertForSequenceClassification":
+                    raise EdgekdValueError(f"source: {self.source} is a head-pruned {type(model).__name__}, "
+                                           "not a sequence classifier")
+                self._model = model.eval()
+            else:
+                from transformers import AutoModelForSequenceClassification
+
+                self._model = AutoModelForSequenceClassification.from_pretrained(str(self.source)).eval()
         return self._model
 
     @property
@@ -296,3 +356,114 @@ class HFSequenceClassificationSpec(ExportSpec):
                 "unk_id": tok.token_to_id("[UNK]"), "padding": "post",
                 "truncation": "keep the first max_length tokens (special tokens included)",
                 "empty_input": "fed as the tokenizer's special tokens only; flagged in Predictions.empty"}
+
+
+@register_export_spec("token_pruned_bert")
+class TokenPrunedBertSpec(ExportSpec):
+    """A token-pruned BERT / MiniLM sequence classifier saved by
+    :meth:`edgekd.prune.TokenPrunedModel.save_pretrained` (``config.json``, ``model.safetensors``,
+    ``token_pruner.safetensors``, ``token_pruning.json``, plus the ``tokenizer.json``).
+
+    Exported by :func:`edgekd.prune.export.export_onnx` in its eval form: the graph computes
+    ``k = ceil(keep_ratio * N)`` from the input length and keeps the tokens with ``TopK`` +
+    ``Gather`` (hard top-k, as the PyTorch model in eval). The reference is the PyTorch pruned
+    model in eval. ``k`` depends on the padded length ``N``, so the bundle pads every batch to at
+    least ``min_length`` tokens (the shortest input the exporter declares, at which at least one
+    token besides ``[CLS]`` is kept; recorded in the manifest's preprocessing) and the runtime
+    refuses shorter feeds."""
+
+    inputs = (InputSpec("input_ids"), InputSpec("attention_mask"), InputSpec("token_type_ids"))
+    outputs = ("logits",)
+    fp32_atol = 1e-4
+    explanation_output = None
+    quantize_op_types = ("MatMul", "Attention", "Gather", "Gemm")
+    min_opset = 18  # edgekd.prune.export.export_onnx
+
+    def __init__(self, source, tokenizer=None):
+        super().__init__(source, tokenizer)
+        if not (self.source / "token_pruning.json").is_file():
+            raise EdgekdValueError(f"source: {self.source} is not a token-pruned model directory (no token_pruning.json; "
+                                   "write one with TokenPrunedModel.save_pretrained or `edgekd prune tokens`)")
+        self._model = None
+
+    def model(self):
+        """The :class:`~edgekd.prune.TokenPrunedModel`, in eval mode (read from JSON and safetensors only)."""
+        if self._model is None:
+            from edgekd.prune.tokens import load_pruned_model
+
+            model = load_pruned_model(self.source)
+            if model.architecture != "BertForSequenceClassification":
+                raise EdgekdValueError(f"source: {self.source} holds a token-pruned {model.architecture}; bundles need "
+                                       "a sequence classifier (BertForSequenceClassification)")
+            self._model = model.eval()
+        return self._model
+
+    @property
+    def min_length(self) -> int:
+        from edgekd.prune.export import min_seq_len
+
+        return min_seq_len(self.model())
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.model().config.max_position_embeddings)
+
+    @property
+    def input_names(self) -> list[str]:
+        names = ["input_ids", "attention_mask"]
+        if getattr(self.model().config, "type_vocab_size", 0):
+            names.append("token_type_ids")
+        return names
+
+    def label_names(self):
+        cfg = self.model().config
+        return [cfg.id2label[i] for i in range(cfg.num_labels)]
+
+    def dummy_inputs(self, batch=3, seq=9, seed=0):
+        vocab = int(self.model().config.vocab_size)
+        feeds = post_padded_dummy(batch, max(seq, self.min_length), vocab, 1000 if vocab > 2000 else 1, seed)
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        return feeds
+
+    def export(self, path, opset):
+        from edgekd.prune.export import export_onnx
+
+        seq = min(max(16, self.min_length), self.max_positions)
+        export_onnx(self.model(), path, seq_len=seq, batch_size=2, opset=max(int(opset), self.min_opset),
+                    with_token_type_ids="token_type_ids" in self.input_names)
+
+    def reference_logits(self, feeds):
+        import torch
+
+        model = self.model()
+        if feeds["input_ids"].shape[1] < self.min_length:
+            raise EdgekdValueError(f"feeds: sequence length {feeds['input_ids'].shape[1]} is below the pruned model's "
+                                   f"min_length {self.min_length}")
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in feeds.items() if k in self.input_names})
+        return out.logits.float().numpy()
+
+    def preprocessing(self, max_length):
+        info = _tokenizer_info(self.tokenizer_path)
+        tok = info["tokenizer"]
+        if max_length > self.max_positions:
+            raise EdgekdValueError(f"max_length: {max_length} exceeds the model's max_position_embeddings "
+                                   f"{self.max_positions}")
+        if max_length < self.min_length:
+            raise EdgekdValueError(
+                f"max_length: {max_length} is below the token-pruned model's minimum sequence length "
+                f"{self.min_length} (shorter inputs keep no token besides [CLS]); use max_length >= {self.min_length}")
+        pad = tok.token_to_id("[PAD]")
+        return {"tokenizer": "tokenizer.json", "tokenizer_model": info["model_type"], "max_length": int(max_length),
+                "min_length": self.min_length, "lowercase": info["lowercase"], "pad_id": 0 if pad is None else int(pad),
+                "unk_id": tok.token_to_id("[UNK]"), "padding": "post, to the longest text and to at least min_length",
+                "truncation": "keep the first max_length tokens (special tokens included)",
+                "empty_input": "fed as the tokenizer's special tokens only; flagged in Predictions.empty"}
+
+    def describe(self):
+        model = self.model()
+        return {"kind": self.kind, "source": str(self.source), "architecture": model.architecture,
+                "token_pruning": model.pruning_config.to_dict(), "min_length": self.min_length,
+                "export": "edgekd.prune.export.export_onnx (TorchScript exporter): TopK + Gather, hard top-k, "
+                          "k = ceil(keep_ratio * N) computed in the graph"}

@@ -24,7 +24,7 @@ from torch import nn
 from edgekd.errors import EdgekdValueError
 from edgekd.prune.tokens import TokenPrunedModel
 
-__all__ = ["export_onnx", "check_onnx_parity", "onnx_output_names"]
+__all__ = ["export_onnx", "check_onnx_parity", "onnx_output_names", "min_seq_len"]
 
 
 class _ExportWrapper(nn.Module):
@@ -68,11 +68,27 @@ def _min_seq_len(model: nn.Module) -> int:
     """Shortest sequence the exported graph must accept with k - 1 >= 1 kept non-[CLS] tokens."""
     if not isinstance(model, TokenPrunedModel):
         return 2
-    cfg = model.pruning_config
+    return _min_seq_len_for_config(model.pruning_config)
+
+
+def _min_seq_len_for_config(cfg: Any) -> int:
+    """:func:`_min_seq_len` of a model pruned with the :class:`TokenPruningConfig` ``cfg``."""
     n = 2
     while cfg.num_kept(n) < 2 and n < 4096:
         n += 1
     return n
+
+
+def min_seq_len(model: Any) -> int:
+    """The shortest padded sequence length :func:`export_onnx` declares for ``model`` (a model or a
+    :class:`~edgekd.prune.tokens.TokenPruningConfig`): for token pruning the smallest ``N`` at which
+    ``k >= 2`` (a token besides [CLS] is kept), else 2. ``edgekd.compile`` bundles pad every batch
+    to at least this length."""
+    from edgekd.prune.tokens import TokenPruningConfig
+
+    if isinstance(model, TokenPruningConfig):
+        return _min_seq_len_for_config(model)
+    return _min_seq_len(model)
 
 
 def export_onnx(

@@ -101,6 +101,7 @@ class Bundle:
             raise BundleError(f"bundle: model {variant['file']} has no 'logits' output ({self.output_names})")
         pre = manifest["preprocessing"]
         self.preprocessor = Preprocessor(str(root / pre["tokenizer"]), pre, self.input_names)
+        self._min_length = self.preprocessor.min_length
         self.label_names: list[str] = list(manifest["label_names"])
 
     # ------------------------------------------------------------------------------ loading
@@ -134,7 +135,16 @@ class Bundle:
 
     # ------------------------------------------------------------------------------ inference
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on prepared feeds; returns every output by name."""
+        """Run the model on prepared feeds; returns every output by name. Feeds shorter than the
+        manifest's ``preprocessing.min_length`` (token-pruned models) are refused: pad them first
+        (``bundle.preprocessor`` does)."""
+        if self._min_length > 1:
+            ids = feeds.get("input_ids")
+            if ids is not None and np.ndim(ids) == 2 and np.shape(ids)[1] < self._min_length:
+                raise EdgekdValueError(
+                    f"feeds: sequence length {np.shape(ids)[1]} is below this bundle's min_length {self._min_length} "
+                    f"(a token-pruned model); post-pad input_ids/attention_mask with pad id and mask 0 to at least "
+                    f"{self._min_length} tokens, as Bundle.preprocessor does")
         outs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outs))
 

@@ -21,7 +21,9 @@ class Batch:
 
 class Preprocessor:
     """Tokenize with the bundle's ``tokenizer.json``, truncate to ``max_length``, post-pad with
-    ``pad_id`` and build ``attention_mask`` (and all-zero ``token_type_ids`` when the model takes them).
+    ``pad_id`` (to the longest text, and to at least ``min_length`` when the manifest sets one: a
+    token-pruned model computes how many tokens it keeps from the padded length) and build
+    ``attention_mask`` (and all-zero ``token_type_ids`` when the model takes them).
 
     Empty input: a text that yields no token (``""``, only spaces, only characters the tokenizer
     drops) cannot go through a masked softmax over zero positions, so it is fed as a single
@@ -37,6 +39,10 @@ class Preprocessor:
         self.max_length = int(preprocessing["max_length"])
         if self.max_length < 1:
             raise EdgekdValueError(f"preprocessing.max_length: must be >= 1, got {self.max_length}")
+        self.min_length = int(preprocessing.get("min_length", 1))
+        if not 1 <= self.min_length <= self.max_length:
+            raise EdgekdValueError(
+                f"preprocessing.min_length: must be in [1, max_length={self.max_length}], got {self.min_length}")
         self.pad_id = int(preprocessing.get("pad_id", 0))
         self.unk_id = preprocessing.get("unk_id")
         self.input_names = list(input_names)
@@ -57,7 +63,7 @@ class Preprocessor:
                         raise EdgekdValueError("preprocessing: empty text and the bundle defines no unk_id")
                     ids = [int(self.unk_id)]
             ids_rows.append(ids)
-        T = max(len(r) for r in ids_rows)
+        T = max(self.min_length, max(len(r) for r in ids_rows))
         input_ids = np.full((len(texts), T), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(texts), T), dtype=np.int64)
         for k, r in enumerate(ids_rows):
