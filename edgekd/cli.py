@@ -19,6 +19,7 @@ _COMMAND_MODULES: list[str] = [
     "edgekd.runtime.cli",
     "edgekd.teacher.cli",
     "edgekd.distill.cli",
+    "edgekd.prune.cli",
 ]
 
 

@@ -6,37 +6,19 @@
   (:func:`head_importance`, :func:`prune_heads`, :func:`prune_least_important_heads`,
   :func:`load_head_pruned_model`).
 - :mod:`edgekd.prune.export`: ONNX export (TopK + Gather for token-pruned models) and parity checks.
+- :mod:`edgekd.prune.cli`: ``edgekd prune tokens`` and ``edgekd prune heads``.
 
 int8 post-training quantisation is in :mod:`edgekd.quantize`.
-"""
-from edgekd.prune.heads import (
-    head_importance,
-    load_head_pruned_model,
-    prune_heads,
-    prune_least_important_heads,
-    pruned_heads,
-    remaining_heads,
-)
-from edgekd.prune.tokens import (
-    TokenPrunedModel,
-    TokenPrunedOutput,
-    TokenPruningConfig,
-    TokenScorer,
-    apply_token_pruning,
-    load_pruned_model,
-)
 
-__all__ = [
-    "TokenPruningConfig",
-    "TokenScorer",
-    "TokenPrunedModel",
-    "TokenPrunedOutput",
-    "apply_token_pruning",
-    "load_pruned_model",
-    "head_importance",
-    "prune_heads",
-    "prune_least_important_heads",
-    "pruned_heads",
-    "remaining_heads",
-    "load_head_pruned_model",
-]
+The names below are imported on first use (the CLI imports this package to register its
+commands, and the torch-free commands must not pay for torch).
+"""
+from edgekd._lazy import lazy_package
+
+_EXPORTS = {
+    **dict.fromkeys(["TokenPruningConfig", "TokenScorer", "TokenPrunedModel", "TokenPrunedOutput",
+                     "apply_token_pruning", "load_pruned_model"], "tokens"),
+    **dict.fromkeys(["head_importance", "prune_heads", "prune_least_important_heads", "pruned_heads",
+                     "remaining_heads", "load_head_pruned_model"], "heads"),
+}
+lazy_package(__name__, _EXPORTS)

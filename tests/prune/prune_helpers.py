@@ -45,3 +45,40 @@ def make_batch(batch: int, seq: int, lengths: list[int] | None = None, seed: int
             mask[row, n:] = 0
             ids[row, n:] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+CLI_TEXTS = [
+    "stocks rally as profits beat estimates", "oil prices slump on weak demand", "the fed holds rates steady",
+    "shares plunge after the recall", "bank keeps policy unchanged", "gold climbs to a record high",
+    "retail sales miss forecasts", "chip maker surges on strong revenue", "bond yields rise as inflation stays hot",
+    "retailer to cut more jobs", "airline shares fall after the grounding", "software maker raises its dividend",
+]
+CLI_LABELS = [1, 0, 2, 0, 2, 1, 0, 1, 0, 0, 0, 1]
+CLI_LABEL_NAMES = ["bearish", "bullish", "neutral"]
+
+
+def save_tiny_model_dir(d, classifier: bool = True, num_labels: int = 3, seed: int = 0, label_names=None, **overrides):
+    """A tiny random BERT (4 layers, 4 heads, 32 wide) saved with save_pretrained, plus a WordPiece
+    ``tokenizer.json`` over CLI_TEXTS that transformers' AutoTokenizer loads (model_type bert)."""
+    import pathlib
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    d = pathlib.Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in CLI_TEXTS for w in t.split()})
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(d / "tokenizer.json"))
+    kwargs = dict(vocab_size=len(vocab), num_labels=num_labels)
+    if label_names is not None:
+        kwargs.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    kwargs.update(overrides)
+    cfg = tiny_config(**kwargs)
+    torch.manual_seed(seed)
+    model = (transformers.BertForSequenceClassification if classifier else transformers.BertModel)(cfg)
+    model.save_pretrained(d)
+    return d
