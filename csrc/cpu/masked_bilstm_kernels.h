@@ -1,38 +1,12 @@
-// Inner loops of the masked BiLSTM CPU kernels (included by masked_bilstm.cpp only).
+// Inner loops of the masked BiLSTM CPU kernels (included by masked_bilstm.cpp and student_forward.cpp).
 //
-// Deliberately without an include guard: masked_bilstm.cpp includes this file twice, once inside
+// Deliberately without an include guard: each including file includes it twice, once inside
 // `namespace isa_avx2` under `#pragma GCC target("avx2,fma")` and once inside `namespace isa_base`
 // for any x86-64 (or other) CPU, and picks one at run time. Everything here is plain loops over
 // raw pointers marked __restrict with branch-free activations, written so that the compiler
 // vectorizes them; the includes they need come before the namespaces in masked_bilstm.cpp.
 
-// exp for float, Cephes-style (range reduction + degree-6 polynomial, ~1 ulp over the clamped
-// range), branch-free so that the loops calling it vectorize.
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float fx = x * 1.44269504088896341f;
-  // round to the nearest integer with the 1.5 * 2^23 trick (no libm call)
-  const float r = (fx + 12582912.0f) - 12582912.0f;
-  float z = x - r * 0.693359375f;
-  z = z - r * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * z + 1.3981999507e-3f;
-  p = p * z + 8.3334519073e-3f;
-  p = p * z + 4.1665795894e-2f;
-  p = p * z + 1.6666665459e-1f;
-  p = p * z + 5.0000001201e-1f;
-  const float y = p * z * z + z + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(r) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
-
-inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-inline float tanh_f(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x)); }
-inline double sigmoid_f(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_f(double x) { return std::tanh(x); }
+#include "vec_math.h"  // exp_approx, sigmoid_f, tanh_f, tanh_inplace, dot_n
 
 // y[j, :Mp] = a[j, :K] @ Bm for j < n, with Bm (K, Mp) row-major and Mp a multiple of kGemvBlock
 // (the callers zero-pad the weights). Each block of 4 vectors of outputs (32 floats or 16 doubles)

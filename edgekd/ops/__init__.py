@@ -23,3 +23,7 @@ __all__ += ["masked_bilstm", "masked_bilstm_module"]
 from edgekd.ops.masked_attention_pool import masked_attention_pool  # noqa: E402
 
 __all__ += ["masked_attention_pool"]
+
+from edgekd.ops.bilstm_attention import bilstm_attention_forward  # noqa: E402
+
+__all__ += ["bilstm_attention_forward"]

@@ -104,6 +104,20 @@ def _fast_check_available() -> bool:
 _FAST_CHECK: Optional[bool] = None
 
 
+def _fused_available() -> bool:
+    """True when the C++ fused inference op ``edgekd::bilstm_attention_forward`` is built."""
+    global _FUSED
+    if _FUSED is None:
+        import edgekd.ops  # noqa: F401  (loads edgekd._C, defines the schema)
+        from edgekd import _ext
+
+        _FUSED = _ext.has_extension() and hasattr(torch.ops.edgekd, "bilstm_attention_forward")
+    return _FUSED
+
+
+_FUSED: Optional[bool] = None
+
+
 class _Attention(nn.Module):
     """Holds the additive-attention parameters ``W`` (A, D) and ``v`` (A,)."""
 
@@ -151,6 +165,10 @@ class BiLSTMAttentionStudent(nn.Module):
     18,975 tokens (and under 600k for a 10k vocabulary). TFNS has 27,879 distinct lowercase
     whitespace tokens, 8,317 of them occurring at least twice (about 467k parameters).
     """
+
+    # largest CPU batch that runs on the fused inference op (see _can_fuse): at batch 16 the fused
+    # op ties the batched kernels at H = 50 and loses at H = 128 (benchmarks/results/student.md)
+    FUSED_MAX_BATCH = 8
 
     def __init__(
         self,
@@ -200,6 +218,7 @@ class BiLSTMAttentionStudent(nn.Module):
         self.dropout = nn.Dropout(self.dropout_p)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
 
+        self._fused_pack: Optional[Tuple[tuple, Tensor]] = None  # see _fused_forward
         if embeddings is not None:
             self._init_embeddings(embeddings)
         if freeze_embeddings:
@@ -417,6 +436,12 @@ class BiLSTMAttentionStudent(nn.Module):
             :class:`StudentOutput` with ``logits`` (B, C), ``attention_logits`` (B, T) and
             ``attention`` (B, T), both 0 at padding.
         """
+        if self._can_fuse(input_ids):
+            return self._fused_forward(input_ids, attention_mask)
+        return self._unfused_forward(input_ids, attention_mask)
+
+    def _unfused_forward(self, input_ids: Tensor, attention_mask: Tensor) -> StudentOutput:
+        """The differentiable forward: validation, then the BiLSTM and attention ops (or nn.LSTM)."""
         lengths, mask, num_valid = self._validate(input_ids, attention_mask)
         states = self.encode(input_ids, lengths, num_valid)
         if self._use_native:
@@ -430,6 +455,60 @@ class BiLSTMAttentionStudent(nn.Module):
 
             context, att_logits, attention = masked_attention_pool_reference(states, mask, self.attention.W, self.attention.v)
         logits = self.classifier(self.dropout(context))
+        return StudentOutput(logits=logits, attention_logits=att_logits, attention=attention)
+
+    def _can_fuse(self, input_ids: Tensor) -> bool:
+        """Whether this forward can run as the single fused inference op.
+
+        ``edgekd::bilstm_attention_forward`` (C++ on CPU) has no backward and no dropout, so it serves
+        the native backend when gradients are disabled (``torch.no_grad`` / ``inference_mode``) and
+        dropout is inactive, for CPU batches of at most ``FUSED_MAX_BATCH`` rows (above that the
+        batched kernels' per-step GEMMs win), and not while torch.compile traces the model.
+        """
+        return (
+            not torch.compiler.is_compiling()
+            and self._use_native
+            and not torch.is_grad_enabled()
+            and (not self.training or self.dropout_p == 0.0)
+            and isinstance(input_ids, Tensor)
+            and input_ids.device.type == "cpu"
+            and input_ids.dim() == 2
+            and 0 < input_ids.shape[0] <= self.FUSED_MAX_BATCH
+            and _fused_available()
+        )
+
+    def _fused_forward(self, input_ids: Tensor, attention_mask: Tensor) -> StudentOutput:
+        emb = self.embedding.weight
+        if not isinstance(attention_mask, Tensor) or attention_mask.device.type != "cpu" or emb.device.type != "cpu":
+            # the dispatcher would route a meta/CUDA operand to another kernel: name the problem
+            self._validate(input_ids, attention_mask)
+            return self._unfused_forward(input_ids, attention_mask)
+        lstm_w = self.lstm_weights()
+        att_W = self.attention.W
+        # the kernel's transposed/padded copy of the LSTM and attention weights, rebuilt when any of
+        # them changes (new storage, or an in-place update: optimizer step, load_state_dict)
+        key = tuple((t.data_ptr(), t._version) for t in (*lstm_w, att_W))
+        cached = self._fused_pack
+        if cached is None or cached[0] != key:
+            cached = (key, torch.ops.edgekd.bilstm_attention_pack.default(*lstm_w, att_W))
+            self._fused_pack = cached
+        try:
+            logits, att_logits, attention = torch.ops.edgekd.bilstm_attention_forward.default(
+                input_ids,
+                attention_mask,
+                emb,
+                *lstm_w,
+                att_W,
+                self.attention.v,
+                self.classifier.weight,
+                self.classifier.bias,
+                cached[1],
+            )
+        except RuntimeError:
+            # the kernel refused the batch (its values, or a device mismatch): the Python checks
+            # raise an EdgekdValueError naming the problem; anything else propagates as it is
+            self._validate(input_ids, attention_mask)
+            raise
         return StudentOutput(logits=logits, attention_logits=att_logits, attention=attention)
 
     @torch.inference_mode()
