@@ -38,6 +38,9 @@ import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imdb"
+TFNS = REPO.parent / "shared" / "data" / "tfns"
+# number of classes per dataset (--dataset)
+NUM_LABELS = {"imdb": 2, "tfns": 3}
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "compression.jsonl"
 
 
@@ -58,6 +61,37 @@ def load_imdb(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     return [r["text"].replace("<br />", " ") for r in pick], [int(r["label"]) for r in pick]
 
 
+def load_tfns(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
+    """A stratified random subset of ``n`` TFNS tweets (train = sent_train.csv, test = sent_valid.csv,
+    the usual test split); ``n <= 0`` or ``n >= len`` keeps them all."""
+    import csv
+
+    name = "sent_train.csv" if split == "train" else "sent_valid.csv"
+    with (TFNS / name).open(encoding="utf-8", newline="") as f:
+        rows = [(r["text"], int(r["label"])) for r in csv.DictReader(f)]
+    rng = random.Random(seed)
+    if n <= 0 or n >= len(rows):
+        rng.shuffle(rows)
+        return [t for t, _ in rows], [y for _, y in rows]
+    by_label: dict[int, list] = {}
+    for r in rows:
+        by_label.setdefault(r[1], []).append(r)
+    pick = []
+    for y, group in sorted(by_label.items()):
+        rng.shuffle(group)
+        pick += group[: round(n * len(group) / len(rows))]
+    rng.shuffle(pick)
+    return [t for t, _ in pick], [y for _, y in pick]
+
+
+_DATASET = "imdb"
+
+
+def load_data(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
+    """The --dataset subset (IMDB: class-balanced; TFNS: stratified)."""
+    return (load_tfns if _DATASET == "tfns" else load_imdb)(split, n, seed)
+
+
 def encode(tokenizer, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
     enc = tokenizer(texts, truncation=True, max_length=max_len, padding="longest", return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -76,7 +110,7 @@ def evaluate(model, tokenizer, texts, labels, max_len: int, batch: int = 32) -> 
 
 
 def _append(results: pathlib.Path, row: dict) -> None:
-    row = {**row, "machine": _machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    row = {**row, "dataset": _DATASET, "machine": _machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -91,7 +125,7 @@ def cmd_train(args) -> None:
 
     torch.manual_seed(args.seed)
     tok = BertTokenizerFast.from_pretrained(args.base)
-    model = BertForSequenceClassification.from_pretrained(args.base, num_labels=2, attn_implementation="sdpa")
+    model = BertForSequenceClassification.from_pretrained(args.base, num_labels=NUM_LABELS[_DATASET], attn_implementation="sdpa")
     pruned = None
     if args.prune_layer is not None:
         cfg = TokenPruningConfig(
@@ -104,7 +138,7 @@ def cmd_train(args) -> None:
         pruned = apply_token_pruning(model, cfg)
         pruned.generator = torch.Generator().manual_seed(args.seed)
     net = pruned if pruned is not None else model
-    texts, labels = load_imdb("train", args.train_n, args.seed)
+    texts, labels = load_data("train", args.train_n, args.seed)
     # the new classifier (and the pooler, which all-MiniLM-L6-v2 never trained for classification)
     # get a larger learning rate than the encoder: with a budget of a few dozen steps the head
     # would otherwise barely move from its random initialisation
@@ -142,7 +176,7 @@ def cmd_train(args) -> None:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     train_s = time.time() - t0
-    test_texts, test_labels = load_imdb("test", args.test_n, args.seed + 1)
+    test_texts, test_labels = load_data("test", args.test_n, args.seed + 1)
     t1 = time.time()
     metrics = evaluate(net, tok, test_texts, test_labels, args.max_len)
     eval_s = time.time() - t1
@@ -193,13 +227,13 @@ def cmd_ahp(args) -> None:
 
     src = pathlib.Path(args.out) / args.teacher
     tok = BertTokenizerFast.from_pretrained(src)
-    dev_texts, dev_labels = load_imdb("train", args.dev_n, args.seed + 7)
+    dev_texts, dev_labels = load_data("train", args.dev_n, args.seed + 7)
     batches = []
     for i in range(0, len(dev_texts), 8):
         enc = encode(tok, dev_texts[i : i + 8], args.max_len)
         enc["labels"] = torch.tensor(dev_labels[i : i + 8])
         batches.append(enc)
-    test_texts, test_labels = load_imdb("test", args.test_n, args.seed + 1)
+    test_texts, test_labels = load_data("test", args.test_n, args.seed + 1)
     t0 = time.time()
     importance = head_importance(_load_any(src), batches, progress=True)
     imp_s = time.time() - t0
@@ -272,7 +306,7 @@ def cmd_latency(args) -> None:
         from sklearn.metrics import accuracy_score, f1_score
         from transformers import BertTokenizerFast
 
-        texts, labels = load_imdb("test", args.eval_n, args.seed + 1)  # the train stage's test subset
+        texts, labels = load_data("test", args.eval_n, args.seed + 1)  # the train stage's test subset
         for name in args.models:
             tok = BertTokenizerFast.from_pretrained(pathlib.Path(args.out) / name)
             sess = sessions[f"{name}+int8"]
@@ -360,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(DEFAULT_RESULTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dataset", default="imdb", choices=sorted(NUM_LABELS), help="IMDB (shared/data/imdb) or TFNS (shared/data/tfns)")
     sub = p.add_subparsers(dest="stage", required=True)
 
     t = sub.add_parser("train")
@@ -402,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.set_defaults(func=cmd_report)
 
     args = p.parse_args(argv)
+    global _DATASET
+    _DATASET = args.dataset
     torch.set_num_threads(args.threads)
     args.func(args)
     return 0
