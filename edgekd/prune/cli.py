@@ -63,8 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--estimator", choices=["exact", "diagonal"], default="exact")
     t.add_argument("--train", required=True, help="training data (CSV/TSV/JSONL/Parquet/HF datasets dir)")
     t.add_argument("--valid", help="validation data: accuracy and macro-F1 of the pruned model (hard top-k)")
-    t.add_argument("--limit", type=int, help="train on the first N rows")
-    t.add_argument("--valid-limit", dest="valid_limit", type=int, help="evaluate on the first N validation rows")
+    t.add_argument("--label-names", dest="label_names",
+                   help="comma-separated class names in id order, for integer labels (default: the classifier's "
+                        "names, else 0, 1, ...)")
+    t.add_argument("--limit", type=int, help="train on N (class-stratified) rows")
+    t.add_argument("--valid-limit", dest="valid_limit", type=int, help="evaluate on N (class-stratified) rows")
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--lr", type=float, default=5e-5)
     t.add_argument("--scorer-lr", dest="scorer_lr", type=float, help="learning rate of the new scorer (default: --lr)")
@@ -78,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--model", required=True, help="fine-tuned BertForSequenceClassification dir (may be head-pruned)")
     h.add_argument("--num-heads", dest="num_heads", type=int, required=True, help="heads to remove in total")
     h.add_argument("--dev", required=True, help="labelled dev data for the importance scores")
-    h.add_argument("--limit", type=int, help="use the first N dev rows")
+    h.add_argument("--limit", type=int, help="use N (class-stratified) dev rows")
     h.add_argument("--out", required=True, help="output dir (save_pretrained; reload with load_head_pruned_model)")
     _data_args(h)
     h.set_defaults(func=cmd_heads)
@@ -132,13 +135,15 @@ def _custom_label_names(cfg: dict[str, Any]) -> list[str] | None:
 
 
 def _load_data(path: str, flag: str, args: argparse.Namespace, label_names: list[str] | None, limit: int | None):
+    """The whole file (so that label names come from every row), then a class-stratified subset of
+    ``limit`` rows (original order kept)."""
     from edgekd.data import load_dataset
 
     try:
-        return load_dataset(path, text_column=args.text_col, label_column=args.label_col, label_names=label_names,
-                            limit=limit)
+        data = load_dataset(path, text_column=args.text_col, label_column=args.label_col, label_names=label_names)
     except EdgekdValueError as exc:
         raise EdgekdValueError(f"{flag}: {exc}") from exc
+    return data.stratified_sample(limit, seed=args.seed)
 
 
 def _tokenizer(path: pathlib.Path):
@@ -258,7 +263,12 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         raise EdgekdValueError(f"--max-len: {args.max_len} is below the pruned model's minimum sequence length "
                                f"{min_len} (at --keep {keep} shorter inputs keep only [CLS])")
     model_names = _custom_label_names(cfg) if is_classifier else None
-    train = _load_data(args.train, "--train", args, model_names, args.limit)
+    given = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    if given is not None and (not all(given) or len(set(given)) != len(given)):
+        raise EdgekdValueError(f"--label-names: expected distinct, non-empty comma-separated names, got {args.label_names!r}")
+    if given is not None and model_names is not None and given != model_names:
+        raise EdgekdValueError(f"--label-names: {given} differ from the classifier's labels {model_names} in {src}")
+    train = _load_data(args.train, "--train", args, given or model_names, args.limit)
     valid = _load_data(args.valid, "--valid", args, train.label_names, args.valid_limit) if args.valid else None
     if is_classifier:
         n_model = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels", 2))

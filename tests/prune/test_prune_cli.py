@@ -94,6 +94,12 @@ def test_prune_tokens_from_an_encoder_takes_the_labels_of_the_data(tmp_path, dat
     model = load_pruned_model(tmp_path / "o")
     assert model.architecture == "BertForSequenceClassification"
     assert [model.config.id2label[i] for i in range(3)] == sorted(CLI_LABEL_NAMES)
+    # integer labels get their names from --label-names
+    rc = main(["prune", "tokens", "--model", str(enc), "--layer", "1", "--keep", "0.5", "--train",
+               str(data / "train.csv"), "--label-names", "down,up,flat", "--epochs", "1", "--limit", "4",
+               "--out", str(tmp_path / "o2"), *FAST])
+    assert rc == 0
+    assert load_pruned_model(tmp_path / "o2").config.id2label == {0: "down", 1: "up", 2: "flat"}
 
 
 def test_pruned_model_from_the_cli_compiles_to_a_bundle(pruned_out, data, tmp_path):
@@ -148,6 +154,8 @@ def test_prune_heads_saves_the_smaller_model(classifier_dir, data, tmp_path):
     (["--train", "{data}/missing.csv"], "does not exist"),
     (["--model", "{tmp}/nowhere"], "--model: {tmp}/nowhere is not a directory"),
     (["--model", "{tmp}"], "holds no config.json"),
+    (["--label-names", "a,b,c"], "differ from the classifier's labels"),
+    (["--label-names", "a,a,b"], "--label-names: expected distinct"),
 ])
 def test_prune_tokens_errors(extra, message, classifier_dir, data, tmp_path, capsys):
     args = {"--model": str(classifier_dir), "--layer": "1", "--keep": "0.5", "--train": str(data / "train.csv"),
