@@ -1,5 +1,10 @@
-"""Benchmark: native student (edgekd ops: masked_bilstm + masked_attention_pool) vs the reference
-student (nn.LSTM with pack_padded_sequence + plain PyTorch attention), same weights, same run.
+"""Benchmark: native student (edgekd ops) vs the reference student (nn.LSTM with
+pack_padded_sequence + plain PyTorch attention), same weights, same run.
+
+Implementations: ``reference``; ``native`` (what BiLSTMAttentionStudent(backend="native") runs: the
+fused C++ inference op edgekd::bilstm_attention_forward for inference batches of at most
+FUSED_MAX_BATCH rows, masked_bilstm + masked_attention_pool otherwise and in training); for the
+small inference cases also ``unfused`` (the native ops without the fused op).
 
 Cases (embed 50, vocab 10k, hidden 50 and 128):
   infer_b1   inference, batch 1, T = 32 (a full-length row)
@@ -114,13 +119,20 @@ def main(argv=None) -> int:
         ref = BiLSTMAttentionStudent(args.vocab, embed_dim=args.embed, hidden_size=H, backend="reference")
         nat = BiLSTMAttentionStudent(args.vocab, embed_dim=args.embed, hidden_size=H, backend="native")
         nat.load_state_dict(ref.state_dict())
+        # the native ops without the fused inference op (what batch 1 ran on before it existed)
+        unf = BiLSTMAttentionStudent(args.vocab, embed_dim=args.embed, hidden_size=H, backend="native")
+        unf.load_state_dict(ref.state_dict())
+        unf.FUSED_MAX_BATCH = 0
         for case in args.cases:
             if case == "infer_b1":
                 ids, mask, labels, lengths = make_batch(1, 32, args.vocab, None, seed=1)
             else:
                 ids, mask, labels, lengths = make_batch(64, 64, args.vocab, lengths_pool, seed=2)
             fns, checks = {}, {}
-            for name, model in (("reference", ref), ("native", nat)):
+            impls = [("reference", ref), ("native", nat)]
+            if case.startswith("infer") and ids.shape[0] <= nat.FUSED_MAX_BATCH:
+                impls.append(("unfused", unf))
+            for name, model in impls:
                 if case.startswith("infer"):
                     model.eval()
 
@@ -149,17 +161,18 @@ def main(argv=None) -> int:
             max_diff = (checks["native"] - checks["reference"]).abs().max().item()
             # alternate the two implementations over several rounds so that both see the same
             # machine load; report the median over rounds and the median of per-round ratios
-            per_round = {"reference": [], "native": []}
+            names = [n for n, _ in impls]
+            per_round = {n: [] for n in names}
             for _ in range(args.rounds):
-                for name in ("reference", "native"):
+                for name in names:
                     per_round[name].append(measure(fns[name], f"{case}/H{H}/{name}", args.min_run_time / args.rounds))
-            ratios = [r[0] / n[0] for r, n in zip(per_round["reference"], per_round["native"])]
-            for name in ("reference", "native"):
+            for name in names:
                 med = float(np.median([m[0] for m in per_round[name]]))
                 best = float(np.min([m[0] for m in per_round[name]]))
                 iqr = float(np.median([m[1] for m in per_round[name]]))
                 runs = int(sum(m[2] for m in per_round[name]))
-                speed = 1.0 if name == "reference" else float(np.median(ratios))
+                ratios = [r[0] / n[0] for r, n in zip(per_round["reference"], per_round[name])]
+                speed = float(np.median(ratios))
                 print(f"{case:<10} {H:>4} {name:<10} {med:>10.3f} {best:>9.3f} {iqr:>8.3f} {runs:>6} {speed:>8.2f}x")
                 rows.append(
                     {

@@ -66,35 +66,15 @@ std::vector<int64_t> row_offsets(const bool* M, int64_t B, int64_t T) {
 // products from vec_math.h, compiled for AVX2 + FMA and for the baseline ISA; the one the CPU
 // supports is picked at run time. ATen's tanh is several times slower than its sigmoid on some
 // CPUs (measured here: ~12 vs ~1 ns/element).
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math", "no-math-errno")
-namespace isa_base {
-#include "vec_math.h"
-}  // namespace isa_base
-#if defined(__x86_64__) && defined(__GNUC__)
-#define EDGEKD_HAVE_AVX2_CLONE 1
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "vec_math.h"
-}  // namespace isa_avx2
-#endif
-#pragma GCC pop_options
+#define EDGEKD_ISA_KERNELS "vec_math.h"
+#include "isa_clones.h"
 
 namespace {
-
-inline bool use_avx2() {
-#ifdef EDGEKD_HAVE_AVX2_CLONE
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return avx2;
-#else
-  return false;
-#endif
-}
 
 template <typename scalar_t>
 inline void tanh_inplace(scalar_t* x, int64_t n) {
 #ifdef EDGEKD_HAVE_AVX2_CLONE
-  if (use_avx2()) return isa_avx2::tanh_inplace<scalar_t>(x, n);
+  if (edgekd_use_avx2()) return isa_avx2::tanh_inplace<scalar_t>(x, n);
 #endif
   isa_base::tanh_inplace<scalar_t>(x, n);
 }
@@ -102,7 +82,7 @@ inline void tanh_inplace(scalar_t* x, int64_t n) {
 template <typename scalar_t>
 inline scalar_t dot_n(const scalar_t* a, const scalar_t* b, int64_t n) {
 #ifdef EDGEKD_HAVE_AVX2_CLONE
-  if (use_avx2()) return isa_avx2::dot_n<scalar_t>(a, b, n);
+  if (edgekd_use_avx2()) return isa_avx2::dot_n<scalar_t>(a, b, n);
 #endif
   return isa_base::dot_n<scalar_t>(a, b, n);
 }

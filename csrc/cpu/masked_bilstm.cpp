@@ -58,19 +58,8 @@ void for_each_direction(int64_t work_per_direction, const F& f) {
 // The inner loops (masked_bilstm_kernels.h), compiled twice: for AVX2 + FMA and for the baseline
 // ISA; the one the CPU supports is picked at run time. no-trapping-math lets the compiler
 // if-convert the clamps of exp_approx, which it needs to vectorize the activation loops.
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math", "no-math-errno", "fp-contract=fast")
-namespace isa_base {
-#include "masked_bilstm_kernels.h"
-}  // namespace isa_base
-#if defined(__x86_64__) && defined(__GNUC__)
-#define EDGEKD_HAVE_AVX2_CLONE 1
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "masked_bilstm_kernels.h"
-}  // namespace isa_avx2
-#endif
-#pragma GCC pop_options
+#define EDGEKD_ISA_KERNELS "masked_bilstm_kernels.h"
+#include "isa_clones.h"
 
 namespace {
 
@@ -84,8 +73,7 @@ struct Kernels {
 template <typename T>
 Kernels<T> pick_kernels() {
 #ifdef EDGEKD_HAVE_AVX2_CLONE
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2)
+  if (edgekd_use_avx2())
     return {&isa_avx2::rows_gemv<T>, &isa_avx2::cell_forward<T>, &isa_avx2::cell_backward<T>};
 #endif
   return {&isa_base::rows_gemv<T>, &isa_base::cell_forward<T>, &isa_base::cell_backward<T>};

@@ -50,21 +50,8 @@ int64_t row_scratch_size(const RowWeights<T>& w, int64_t Tmax) {
 }
 }  // namespace student_fwd
 
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math", "no-math-errno", "fp-contract=fast")
-namespace isa_base {
-#include "masked_bilstm_kernels.h"
-#include "student_forward_kernels.h"
-}  // namespace isa_base
-#if defined(__x86_64__) && defined(__GNUC__)
-#define EDGEKD_HAVE_AVX2_CLONE 1
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "masked_bilstm_kernels.h"
-#include "student_forward_kernels.h"
-}  // namespace isa_avx2
-#endif
-#pragma GCC pop_options
+#define EDGEKD_ISA_KERNELS "student_forward_kernels.h"  // (includes masked_bilstm_kernels.h)
+#include "isa_clones.h"
 
 namespace {
 
@@ -137,6 +124,27 @@ bool row_lengths(const int64_t* ids, const M* mask, int64_t B, int64_t T, int64_
   return ok;
 }
 
+// Checks the 8 LSTM tensors and the attention W against each other and against `like` (dtype,
+// CPU; E = like.size(1) when like is the embedding); returns H.
+int64_t check_lstm_attention(const Tensor& w_ih_f, const Tensor& w_hh_f, const Tensor& b_ih_f, const Tensor& b_hh_f,
+                             const Tensor& w_ih_b, const Tensor& w_hh_b, const Tensor& b_ih_b, const Tensor& b_hh_b,
+                             const Tensor& att_W, int64_t E, const Tensor& like) {
+  TORCH_CHECK(w_hh_f.dim() == 2 && w_hh_f.size(0) % 4 == 0 && w_hh_f.size(0) > 0,
+              "bilstm_attention_forward: w_hh must be (4H, H), got ", w_hh_f.sizes());
+  const int64_t H = w_hh_f.size(0) / 4;
+  check_matrix(w_ih_f, 4 * H, E, "w_ih", like);
+  check_matrix(w_hh_f, 4 * H, H, "w_hh", like);
+  check_matrix(w_ih_b, 4 * H, E, "w_ih_reverse", like);
+  check_matrix(w_hh_b, 4 * H, H, "w_hh_reverse", like);
+  check_vector(b_ih_f, 4 * H, "b_ih", like);
+  check_vector(b_hh_f, 4 * H, "b_hh", like);
+  check_vector(b_ih_b, 4 * H, "b_ih_reverse", like);
+  check_vector(b_hh_b, 4 * H, "b_hh_reverse", like);
+  TORCH_CHECK(att_W.dim() == 2, "bilstm_attention_forward: attention W must be (A, 2H), got ", att_W.sizes());
+  check_matrix(att_W, att_W.size(0), 2 * H, "attention W", like);
+  return H;
+}
+
 // edgekd::bilstm_attention_pack: the weights in the layout the forward reads (see packed_size). The
 // student caches it between calls (it changes only when the weights do), which saves the
 // transposes, ~20 us of a ~100 us batch-1 forward.
@@ -144,22 +152,12 @@ Tensor bilstm_attention_pack_cpu(const Tensor& w_ih_f, const Tensor& w_hh_f, con
                                  const Tensor& b_hh_f, const Tensor& w_ih_b, const Tensor& w_hh_b,
                                  const Tensor& b_ih_b, const Tensor& b_hh_b, const Tensor& att_W) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  TORCH_CHECK(w_ih_f.dim() == 2 && w_hh_f.dim() == 2 && att_W.dim() == 2,
-              "bilstm_attention_pack: w_ih (4H, E), w_hh (4H, H) and attention W (A, 2H) must be matrices");
+  TORCH_CHECK(w_ih_f.dim() == 2, "bilstm_attention_pack: w_ih must be (4H, E), got ", w_ih_f.sizes());
   TORCH_CHECK(w_ih_f.scalar_type() == at::kFloat || w_ih_f.scalar_type() == at::kDouble,
               "bilstm_attention_pack: weights must be float32 or float64, got ", w_ih_f.scalar_type());
-  TORCH_CHECK(w_hh_f.size(0) % 4 == 0 && w_hh_f.size(0) > 0, "bilstm_attention_pack: w_hh must be (4H, H), got ",
-              w_hh_f.sizes());
-  const int64_t H = w_hh_f.size(0) / 4, E = w_ih_f.size(1), A = att_W.size(0);
-  check_matrix(w_ih_f, 4 * H, E, "w_ih", w_ih_f);
-  check_matrix(w_hh_f, 4 * H, H, "w_hh", w_ih_f);
-  check_matrix(w_ih_b, 4 * H, E, "w_ih_reverse", w_ih_f);
-  check_matrix(w_hh_b, 4 * H, H, "w_hh_reverse", w_ih_f);
-  check_vector(b_ih_f, 4 * H, "b_ih", w_ih_f);
-  check_vector(b_hh_f, 4 * H, "b_hh", w_ih_f);
-  check_vector(b_ih_b, 4 * H, "b_ih_reverse", w_ih_f);
-  check_vector(b_hh_b, 4 * H, "b_hh_reverse", w_ih_f);
-  check_matrix(att_W, A, 2 * H, "attention W", w_ih_f);
+  const int64_t E = w_ih_f.size(1);
+  const int64_t H = check_lstm_attention(w_ih_f, w_hh_f, b_ih_f, b_hh_f, w_ih_b, w_hh_b, b_ih_b, b_hh_b, att_W, E, w_ih_f);
+  const int64_t A = att_W.size(0);
   const int64_t G4p = round_up(4 * H, kPad);
   Tensor out = at::empty({packed_size(E, H, A)}, w_ih_f.options());
   AT_DISPATCH_FLOATING_TYPES(w_ih_f.scalar_type(), "bilstm_attention_pack", [&] {
@@ -205,20 +203,9 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
               "bilstm_attention_forward: embedding must be float32 or float64, got ", emb_in.scalar_type());
   TORCH_CHECK(emb_in.device().is_cpu(), "bilstm_attention_forward: embedding must be on the CPU");
   const int64_t V = emb_in.size(0), E = emb_in.size(1);
-  TORCH_CHECK(w_hh_f.dim() == 2 && w_hh_f.size(0) % 4 == 0 && w_hh_f.size(0) > 0,
-              "bilstm_attention_forward: w_hh must be (4H, H), got ", w_hh_f.sizes());
-  const int64_t H = w_hh_f.size(0) / 4, D = 2 * H;
-  check_matrix(w_ih_f, 4 * H, E, "w_ih", emb_in);
-  check_matrix(w_hh_f, 4 * H, H, "w_hh", emb_in);
-  check_matrix(w_ih_b, 4 * H, E, "w_ih_reverse", emb_in);
-  check_matrix(w_hh_b, 4 * H, H, "w_hh_reverse", emb_in);
-  check_vector(b_ih_f, 4 * H, "b_ih", emb_in);
-  check_vector(b_hh_f, 4 * H, "b_hh", emb_in);
-  check_vector(b_ih_b, 4 * H, "b_ih_reverse", emb_in);
-  check_vector(b_hh_b, 4 * H, "b_hh_reverse", emb_in);
-  TORCH_CHECK(att_W_in.dim() == 2, "bilstm_attention_forward: attention W must be (A, 2H), got ", att_W_in.sizes());
-  const int64_t A = att_W_in.size(0);
-  check_matrix(att_W_in, A, D, "attention W", emb_in);
+  const int64_t H = check_lstm_attention(w_ih_f, w_hh_f, b_ih_f, b_hh_f, w_ih_b, w_hh_b, b_ih_b, b_hh_b, att_W_in, E,
+                                         emb_in);
+  const int64_t D = 2 * H, A = att_W_in.size(0);
   check_vector(att_v_in, A, "attention v", emb_in);
   TORCH_CHECK(cls_W_in.dim() == 2, "bilstm_attention_forward: classifier weight must be (C, 2H), got ", cls_W_in.sizes());
   const int64_t C = cls_W_in.size(0);
@@ -290,11 +277,7 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
     T* LG = logits.data_ptr<T>();
     T* EP = e.data_ptr<T>();
     T* AP = alpha.data_ptr<T>();
-#ifdef EDGEKD_HAVE_AVX2_CLONE
-    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    constexpr bool avx2 = false;
-#endif
+    const bool avx2 = edgekd_use_avx2();
     auto run_rows = [&](int64_t b0, int64_t b1) {
       std::vector<T> scratch(scratch_n);
       for (int64_t b = b0; b < b1; ++b) {

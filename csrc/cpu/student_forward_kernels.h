@@ -1,6 +1,8 @@
-// Inner loop of the fused student inference (included by student_forward.cpp only, after
-// masked_bilstm_kernels.h, inside the same ISA namespaces; no include guard for that reason).
+// Inner loop of the fused student inference (student_forward.cpp clones it per ISA through
+// isa_clones.h, so no include guard). It builds on the BiLSTM kernels' rows_gemv and cell_forward.
 //
+#include "masked_bilstm_kernels.h"
+
 // One sequence at a time: embedding rows -> input projection -> the two LSTM directions over the
 // L valid tokens -> u_t = tanh(W h_t), e_t = v . u_t -> softmax over t < L -> context -> logits.
 // Every matrix product is rows_gemv over zero-padded transposed weights (prepared once per call by
