@@ -93,7 +93,10 @@ class DistillConfig:
     warmup_ratio: float = 0.0
     grad_clip: float | None = 5.0
     patience: int = 3
-    seed: int = 0
+    seed: int = 0  # data subsets, teacher fine-tuning, and the students unless student_seed is set
+    # the students' own seed (initialization, shuffling, random embedding rows): vary it alone to
+    # measure the spread of the student comparison on one teacher and one set of annotations
+    student_seed: int | None = None
     # evaluation
     top_k: int = 5
     student_ig_steps: int = 20
@@ -123,6 +126,10 @@ class DistillConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise EdgekdValueError(f"DistillConfig.{name} must be >= 1 or None, got {v}")
+        for name in ("seed", "student_seed"):
+            v = getattr(self, name)
+            if not (v is None and name == "student_seed") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise EdgekdValueError(f"DistillConfig.{name} must be an int, got {v!r}")
         if self.top_k < 1:
             raise EdgekdValueError(f"DistillConfig.top_k must be >= 1, got {self.top_k}")
         if self.threads is not None and self.threads < 1:
@@ -137,8 +144,12 @@ class DistillConfig:
             method=method, variant=self.variant, alpha=self.alpha, tau=self.tau, epochs=self.epochs,
             batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
             schedule=self.schedule, warmup_ratio=self.warmup_ratio, grad_clip=self.grad_clip,
-            patience=self.patience, seed=self.seed,
+            patience=self.patience, seed=self.resolved_student_seed,
         )
+
+    @property
+    def resolved_student_seed(self) -> int:
+        return self.seed if self.student_seed is None else self.student_seed
 
     def ig_config(self):
         from edgekd.teacher.annotate import IGConfig
@@ -405,12 +416,12 @@ class Distiller:
             from edgekd.distill.embeddings import glove_matrix
 
             if not hasattr(self, "_glove"):
-                self._glove, found = glove_matrix(self.word_tokenizer, seed=cfg.seed)
+                self._glove, found = glove_matrix(self.word_tokenizer, seed=cfg.resolved_student_seed)
                 self.log(json.dumps({"glove_coverage": round(found, 4)}))
             emb = self._glove
         import torch
 
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.resolved_student_seed)
         return BiLSTMAttentionStudent(
             self.word_tokenizer.vocab_size, embed_dim=cfg.embed_dim, hidden_size=cfg.hidden_size,
             num_classes=self.train.num_classes, pad_id=0, attention_dim=cfg.attention_dim, dropout=cfg.dropout,

@@ -69,6 +69,18 @@ def test_toml_config(tmp_path):
         DistillConfig(methods=["nope"]).validate()
 
 
+def test_student_seed_varies_the_students_only():
+    cfg = DistillConfig(seed=4)
+    assert cfg.resolved_student_seed == 4 and cfg.train_config("kl").seed == 4
+    cfg = DistillConfig(seed=4, student_seed=9)
+    assert cfg.resolved_student_seed == 9 and cfg.train_config("kl").seed == 9 and cfg.seed == 4
+    cfg.validate()
+    with pytest.raises(EdgekdValueError, match="student_seed must be an int"):
+        DistillConfig(student_seed="x").validate()
+    with pytest.raises(EdgekdValueError, match="seed must be an int"):
+        DistillConfig(seed=1.5).validate()
+
+
 def test_cli_end_to_end_tiny(tmp_path, tiny_teacher_dir, tfns_dir, capsys):
     out = tmp_path / "run"
     cfgf = tmp_path / "distill.toml"
