@@ -328,12 +328,19 @@ class HFSequenceClassificationSpec(ExportSpec):
                     kw["token_type_ids"] = token_type_ids
                 return self.m(**kw).logits
 
+        wrapper = LogitsOnly(model)
+        if type(model).__name__ == "BertForSequenceClassification":
+            # layer by layer with a (B, 1, 1, S) mask: same logits, no (B, 1, N, N) mask in the graph
+            # (1.6x faster at 32 x 512 tokens; see edgekd.prune.export.DirectBertClassifier)
+            from edgekd.prune.export import DirectBertClassifier
+
+            wrapper = DirectBertClassifier(model)
         dummy = self.dummy_inputs(batch=2, seq=8)
         args = tuple(torch.from_numpy(dummy[n]) for n in names)
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         shapes = {n: {0: batch, 1: seq} for n in names}
         with torch.no_grad():
-            torch.onnx.export(LogitsOnly(model).eval(), args, str(path), input_names=names, output_names=["logits"],
+            torch.onnx.export(wrapper.eval(), args, str(path), input_names=names, output_names=["logits"],
                               dynamic_shapes=shapes, opset_version=opset, dynamo=True, external_data=False,
                               verbose=False)
 

@@ -145,3 +145,24 @@ def test_token_pruned_dynamo_export_parity(tmp_path):
     assert "TopK" in _op_types(path)
     for batch in (make_batch(2, 16, seed=7), make_batch(3, 27, lengths=[27, 12, 4], seed=8)):
         check_onnx_parity(pruned, path, batch)  # fp32 tolerance 1e-4 (onnxscript fuses ops)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("heads", [None, {0: [0, 1], 3: [2]}])
+def test_direct_bert_classifier_equals_the_model(attn, heads):
+    # the export path of plain / head-pruned classifiers: layer by layer with a (B, 1, 1, S) mask
+    from edgekd.prune.export import DirectBertClassifier
+
+    model = tiny_classifier(4, attn=attn)
+    if heads:
+        prune_heads(model, heads)
+    batch = make_batch(4, 13, lengths=[13, 5, 1, 9], seed=2)
+    with torch.no_grad():
+        ref = model(**batch).logits
+        got = DirectBertClassifier(model)(batch["input_ids"], batch["attention_mask"])
+        tt = torch.zeros_like(batch["input_ids"])
+        got_tt = DirectBertClassifier(model)(batch["input_ids"], batch["attention_mask"], tt)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_tt, ref, atol=1e-6, rtol=1e-5)
+    with pytest.raises(EdgekdValueError, match="BertForSequenceClassification"):
+        DirectBertClassifier(tiny_encoder())
