@@ -283,7 +283,7 @@ def cmd_latency(args) -> None:
         # fp32 parity with PyTorch on a padded batch of another shape than the traced one
         parity[name] = check_onnx_parity(model, path, check, atol=1e-4, rtol=1e-4)
         files[name] = path
-        if args.int8:
+        if args.int8 and (not args.int8_only or name in args.int8_only):
             files[f"{name}+int8"] = quantize_dynamic(path, onnx_dir / f"{name}.int8.onnx")
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
@@ -308,6 +308,8 @@ def cmd_latency(args) -> None:
 
         texts, labels = load_data("test", args.eval_n, args.seed + 1)  # the train stage's test subset
         for name in args.models:
+            if f"{name}+int8" not in sessions:
+                continue
             tok = BertTokenizerFast.from_pretrained(pathlib.Path(args.out) / name)
             sess = sessions[f"{name}+int8"]
             preds: list[int] = []
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     lat.add_argument("--repeats-b1", type=int, default=20)
     lat.add_argument("--repeats-b32", type=int, default=5)
     lat.add_argument("--int8", action="store_true", help="also time dynamic int8 versions")
+    lat.add_argument("--int8-only", nargs="+", default=None, help="with --int8: only these models get an int8 version")
     lat.add_argument("--eval-n", type=int, default=0, help="test reviews to evaluate the int8 models on (onnxruntime)")
     lat.add_argument("--eval-max-len", type=int, default=256)
     lat.set_defaults(func=cmd_latency)
