@@ -104,6 +104,9 @@ class DistillConfig:
     out_dir: str = "runs/distill"
     cache_dir: str = ".cache/edgekd"
     threads: int | None = None
+    # where the teacher fine-tunes and runs IG: "auto" = CUDA when available (the full profile is
+    # a GPU job), else the CPU; the students always train on the CPU (their native kernels)
+    device: str = "auto"
     progress: bool = True
     resume: bool = True
     profile: str = "custom"
@@ -132,6 +135,8 @@ class DistillConfig:
                 raise EdgekdValueError(f"DistillConfig.{name} must be an int, got {v!r}")
         if self.top_k < 1:
             raise EdgekdValueError(f"DistillConfig.top_k must be >= 1, got {self.top_k}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise EdgekdValueError(f"DistillConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.threads is not None and self.threads < 1:
             raise EdgekdValueError(f"DistillConfig.threads must be >= 1, got {self.threads}")
         self.train_config("none").validate()
@@ -146,6 +151,15 @@ class DistillConfig:
             schedule=self.schedule, warmup_ratio=self.warmup_ratio, grad_clip=self.grad_clip,
             patience=self.patience, seed=self.resolved_student_seed,
         )
+
+    @property
+    def resolved_device(self) -> str:
+        """The teacher's device: ``device``, with ``"auto"`` resolved to ``"cuda"`` or ``"cpu"``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
     def resolved_student_seed(self) -> int:
@@ -346,7 +360,8 @@ class Distiller:
         cfg = self.config
         t0 = time.perf_counter()
         if cfg.teacher is not None:
-            self.teacher = Teacher.from_pretrained(cfg.teacher, max_length=cfg.teacher_max_length)
+            self.teacher = Teacher.from_pretrained(cfg.teacher, max_length=cfg.teacher_max_length,
+                                                   device=cfg.resolved_device)
             self.teacher_record = {"teacher": cfg.teacher, "fine_tuned_here": False}
             if self.teacher.num_labels != self.train.num_classes:
                 raise EdgekdValueError(
@@ -365,7 +380,8 @@ class Distiller:
                 max_length=cfg.teacher_max_length, seed=cfg.seed, head_lr_multiplier=cfg.teacher_head_lr_multiplier,
             )
             tdir = Path(cfg.teacher_dir) if cfg.teacher_dir else self.out / "teacher"
-            self.teacher, rec = finetune_teacher(enc, ttrain, tdir, config=ft, progress=cfg.progress, reuse=cfg.resume)
+            self.teacher, rec = finetune_teacher(enc, ttrain, tdir, config=ft, device=cfg.resolved_device,
+                                                 progress=cfg.progress, reuse=cfg.resume)
             self.teacher_record = {k: v for k, v in rec.items() if k != "key"}
             self.teacher_record["fine_tuned_here"] = True
             self.log(json.dumps({"teacher": {k: self.teacher_record.get(k) for k in

@@ -81,6 +81,13 @@ def test_student_seed_varies_the_students_only():
         DistillConfig(seed=1.5).validate()
 
 
+def test_device_setting():
+    assert DistillConfig(device="cpu").resolved_device == "cpu"
+    assert DistillConfig().resolved_device == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(EdgekdValueError, match="device must be"):
+        DistillConfig(device="tpu").validate()
+
+
 def test_cli_end_to_end_tiny(tmp_path, tiny_teacher_dir, tfns_dir, capsys):
     out = tmp_path / "run"
     cfgf = tmp_path / "distill.toml"
