@@ -90,6 +90,7 @@ def run_probe_arm64(bundle: str | os.PathLike, texts: Sequence[str], precisions:
     emulated interpreter for all); returns one dict per precision (variant, logits, attention),
     plus ``instructions_per_inference`` (batch 1, single thread) when ``count_repeat`` > 0."""
     d = ensure_arm64()
+    bundle = os.path.abspath(bundle)  # the probe runs in a temporary directory
     with tempfile.TemporaryDirectory(prefix="edgekd-arm64-") as tmp:
         cmd = [str(d / ("count" if count_repeat else "python")), "-m", "edgekd.runtime.probe", str(bundle),
                "--target", "arm64", "--precision", ",".join(precisions), "--texts", _texts_file(texts, tmp),
@@ -120,6 +121,7 @@ def count_x86_instructions(bundle: str | os.PathLike, text: str, precisions: Seq
     parts and the part between a variant's two marks holds exactly ``repeat`` inferences."""
     if not shutil.which("valgrind"):
         raise EmulationError("x86 instruction count: valgrind is not installed")
+    bundle = os.path.abspath(bundle)  # the probe runs in a temporary directory
     with tempfile.TemporaryDirectory(prefix="edgekd-count-") as tmp:
         tf = _texts_file([text], tmp)
         cmd = ["valgrind", "--tool=callgrind", "--dump-before=getsid", f"--callgrind-out-file={tmp}/cg.out",

@@ -33,3 +33,13 @@ def test_arm64_variants_match_host_and_count(student_bundle):
         # a tiny BiLSTM: well above zero, far below a transformer's ~1e8+
         assert 1e4 < r["instructions_per_inference"] < 5e7
         assert r["emulated_cpu"] == "neoverse-n1"
+
+
+def test_arm64_check_takes_a_relative_bundle_path(student_bundle, monkeypatch):
+    # `make demo` compiles into runs/demo-quick/bundles/...: a relative path, while the emulated
+    # probe runs in a temporary directory
+    from edgekd.compile.arm64 import check_arm64_bundle
+
+    monkeypatch.chdir(student_bundle.parent)
+    res = check_arm64_bundle(student_bundle.name, TEXTS[:2])
+    assert set(res) == {"arm64-fp32", "arm64-int8"}
