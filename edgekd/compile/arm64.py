@@ -1,12 +1,12 @@
 """Check a bundle's arm64 variants under the ARM64 emulator against this (x86-64) machine.
 
 fp32 variants must match the host run of the same file (max abs diff <= ``atol``). int8 variants
-use full-range int8 weights on ARM64; on an x86-64 host *without* int8 dot-product instructions
-(no VNNI) onnxruntime's u8s8 kernels saturate on such weights, so the host run of that file is not
-a faithful reference there: the emulated int8 outputs are then compared with the host's fp32
-outputs (bound ``int8_atol`` times the largest fp32 logit, at least ``int8_atol``, and label
-agreement) instead. On a VNNI host they must match the host
-int8 run exactly.
+use full-range int8 weights on ARM64 and are checked against a bound (``int8_atol`` times the
+largest reference logit, at least ``int8_atol``) plus label agreement wherever the margin is clear:
+int8 kernels of different ISAs round their requantization differently (a MiniLM teacher's emulated
+arm64 int8 logits differ by ~0.14 from the VNNI host's run of the same file). The reference is the
+host's run of the same file on a host with an int8 dot product (VNNI); on an x86-64 host without one,
+onnxruntime's u8s8 kernels saturate on full-range weights, and the host's fp32 run is the reference.
 """
 from __future__ import annotations
 
@@ -67,24 +67,29 @@ def check_arm64_bundle(bundle_dir: str | pathlib.Path, texts: Sequence[str], lab
             y = np.asarray(list(labels))
             res["accuracy"] = float((e_logits.argmax(-1) == y).mean())
             res["macro_f1"] = macro_f1(y, e_logits.argmax(-1), len(manifest["label_names"]))
-        exact = v["precision"] == "fp32" or host_dot
-        if exact:
+        if v["precision"] == "fp32":
             res["check"] = f"emulated == host run of the same file (atol {atol:g})"
             ok = res["max_abs_logit_diff_vs_host_same_file"] <= atol and res.get(
                 "max_abs_attention_diff_vs_host_same_file", 0.0) <= atol
         else:
-            d = res["max_abs_logit_diff_vs_host_fp32"]
-            # int8 error grows with the logits' scale (a fine-tuned transformer's logits span several
-            # units): the bound is int8_atol relative to the largest fp32 logit, at least int8_atol
-            bound = int8_atol * max(1.0, float(np.abs(fp32_host).max()))
+            # int8 kernels differ between ISAs in their requantization rounding, so an int8 variant is
+            # checked against a bound, not for equality. The reference is the host run of the same
+            # file where the host has an int8 dot product (VNNI: it computes full-range weights
+            # faithfully); without one, onnxruntime's u8s8 kernels saturate on such weights and the
+            # host's fp32 run is the reference. The error grows with the logits' scale (a fine-tuned
+            # transformer's logits span several units), hence the bound int8_atol x max(1, max |ref|).
+            ref = out["logits"] if host_dot else fp32_host
+            d = res["max_abs_logit_diff_vs_host_same_file"] if host_dot else res["max_abs_logit_diff_vs_host_fp32"]
+            bound = int8_atol * max(1.0, float(np.abs(ref).max()))
             res["int8_bound"] = bound
-            top2 = np.sort(fp32_host, axis=-1)[:, -2:]
+            top2 = np.sort(ref, axis=-1)[:, -2:]
             clear = (top2[:, 1] - top2[:, 0]) > 2 * d  # rows whose label cannot flip within the error
             res["label_agreement_on_clear_margins"] = float(
-                (e_logits.argmax(-1) == fp32_host.argmax(-1))[clear].mean()) if clear.any() else None
-            res["check"] = (f"host has no int8 dot product (u8s8 saturates on full-range weights): emulated int8 vs "
-                            f"host fp32 within {int8_atol:g} x max(1, max |fp32 logit|) = {bound:.3g}; same label wherever "
-                            f"the fp32 top-2 margin > 2x the observed error")
+                (e_logits.argmax(-1) == ref.argmax(-1))[clear].mean()) if clear.any() else None
+            what = ("the host's int8 run of the same file (VNNI host)" if host_dot else
+                    "the host's fp32 run (host has no int8 dot product: u8s8 saturates on full-range weights)")
+            res["check"] = (f"emulated int8 vs {what} within {int8_atol:g} x max(1, max |logit|) = {bound:.3g}; "
+                            f"same label wherever the top-2 margin > 2x the observed error")
             ok = d <= bound and res["label_agreement_on_clear_margins"] in (None, 1.0)
         if not ok:
             raise EmulationError(f"arm64 variant {v['id']}: emulated outputs outside the bounds: {res}")
