@@ -302,8 +302,12 @@ class HFSequenceClassificationSpec(ExportSpec):
         cfg = self.model().config
         return [cfg.id2label[i] for i in range(cfg.num_labels)]
 
+    # shortest sequence the exported graph takes (token-pruned subclass: see TokenPrunedBertSpec)
+    min_length = 1
+
     def dummy_inputs(self, batch=3, seq=9, seed=0):
-        feeds = post_padded_dummy(batch, seq, int(self.model().config.vocab_size), 1000 if self.model().config.vocab_size > 2000 else 1, seed)
+        vocab = int(self.model().config.vocab_size)
+        feeds = post_padded_dummy(batch, max(seq, self.min_length), vocab, 1000 if vocab > 2000 else 1, seed)
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return feeds
@@ -366,7 +370,7 @@ class HFSequenceClassificationSpec(ExportSpec):
 
 
 @register_export_spec("token_pruned_bert")
-class TokenPrunedBertSpec(ExportSpec):
+class TokenPrunedBertSpec(HFSequenceClassificationSpec):
     """A token-pruned BERT / MiniLM sequence classifier saved by
     :meth:`edgekd.prune.TokenPrunedModel.save_pretrained` (``config.json``, ``model.safetensors``,
     ``token_pruner.safetensors``, ``token_pruning.json``, plus the ``tokenizer.json``).
@@ -377,17 +381,13 @@ class TokenPrunedBertSpec(ExportSpec):
     model in eval. ``k`` depends on the padded length ``N``, so the bundle pads every batch to at
     least ``min_length`` tokens (the shortest input the exporter declares, at which at least one
     token besides ``[CLS]`` is kept; recorded in the manifest's preprocessing) and the runtime
-    refuses shorter feeds."""
+    refuses shorter feeds. Inputs, labels, dummy inputs and the tokenizer settings are those of
+    :class:`HFSequenceClassificationSpec`."""
 
-    inputs = (InputSpec("input_ids"), InputSpec("attention_mask"), InputSpec("token_type_ids"))
-    outputs = ("logits",)
-    fp32_atol = 1e-4
-    explanation_output = None
-    quantize_op_types = ("MatMul", "Attention", "Gather", "Gemm")
     min_opset = 18  # edgekd.prune.export.export_onnx
 
     def __init__(self, source, tokenizer=None):
-        super().__init__(source, tokenizer)
+        ExportSpec.__init__(self, source, tokenizer)  # not the parent's: it warns about token_pruning.json
         if not (self.source / "token_pruning.json").is_file():
             raise EdgekdValueError(f"source: {self.source} is not a token-pruned model directory (no token_pruning.json; "
                                    "write one with TokenPrunedModel.save_pretrained or `edgekd prune tokens`)")
@@ -415,24 +415,6 @@ class TokenPrunedBertSpec(ExportSpec):
     def max_positions(self) -> int:
         return int(self.model().config.max_position_embeddings)
 
-    @property
-    def input_names(self) -> list[str]:
-        names = ["input_ids", "attention_mask"]
-        if getattr(self.model().config, "type_vocab_size", 0):
-            names.append("token_type_ids")
-        return names
-
-    def label_names(self):
-        cfg = self.model().config
-        return [cfg.id2label[i] for i in range(cfg.num_labels)]
-
-    def dummy_inputs(self, batch=3, seq=9, seed=0):
-        vocab = int(self.model().config.vocab_size)
-        feeds = post_padded_dummy(batch, max(seq, self.min_length), vocab, 1000 if vocab > 2000 else 1, seed)
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        return feeds
-
     def export(self, path, opset):
         from edgekd.prune.export import export_onnx
 
@@ -441,32 +423,20 @@ class TokenPrunedBertSpec(ExportSpec):
                     with_token_type_ids="token_type_ids" in self.input_names)
 
     def reference_logits(self, feeds):
-        import torch
-
-        model = self.model()
         if feeds["input_ids"].shape[1] < self.min_length:
             raise EdgekdValueError(f"feeds: sequence length {feeds['input_ids'].shape[1]} is below the pruned model's "
                                    f"min_length {self.min_length}")
-        with torch.no_grad():
-            out = model(**{k: torch.from_numpy(v) for k, v in feeds.items() if k in self.input_names})
-        return out.logits.float().numpy()
+        return super().reference_logits(feeds)
 
     def preprocessing(self, max_length):
-        info = _tokenizer_info(self.tokenizer_path)
-        tok = info["tokenizer"]
-        if max_length > self.max_positions:
-            raise EdgekdValueError(f"max_length: {max_length} exceeds the model's max_position_embeddings "
-                                   f"{self.max_positions}")
+        pre = super().preprocessing(max_length)
         if max_length < self.min_length:
             raise EdgekdValueError(
                 f"max_length: {max_length} is below the token-pruned model's minimum sequence length "
                 f"{self.min_length} (shorter inputs keep no token besides [CLS]); use max_length >= {self.min_length}")
-        pad = tok.token_to_id("[PAD]")
-        return {"tokenizer": "tokenizer.json", "tokenizer_model": info["model_type"], "max_length": int(max_length),
-                "min_length": self.min_length, "lowercase": info["lowercase"], "pad_id": 0 if pad is None else int(pad),
-                "unk_id": tok.token_to_id("[UNK]"), "padding": "post, to the longest text and to at least min_length",
-                "truncation": "keep the first max_length tokens (special tokens included)",
-                "empty_input": "fed as the tokenizer's special tokens only; flagged in Predictions.empty"}
+        pre["min_length"] = self.min_length
+        pre["padding"] = "post, to the longest text and to at least min_length"
+        return pre
 
     def describe(self):
         model = self.model()
