@@ -32,6 +32,8 @@
 #include <numeric>
 #include <vector>
 
+#include "layout.h"
+
 namespace {
 
 // Rows active at a step up to which the register-blocked matvec loops are used instead of one
@@ -81,7 +83,7 @@ Kernels<T> pick_kernels() {
 
 constexpr int64_t kPad = isa_base::kGemvBlock;
 
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+using edgekd_layout::round_up;
 
 // w (R, C) -> (C, Cp) zero-padded transpose when transpose, else (R, Cp) zero-padded copy; Cp is
 // the output row length rounded up to kPad.
@@ -94,13 +96,7 @@ at::Tensor padded_weight(const at::Tensor& w, bool transpose) {
   const T* src = w.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   if (transpose) {
-    constexpr int64_t tile = 16;  // tiles keep both the strided reads and the writes in L1
-    for (int64_t r0 = 0; r0 < R; r0 += tile)
-      for (int64_t c0 = 0; c0 < C; c0 += tile) {
-        const int64_t r1 = std::min(R, r0 + tile), c1 = std::min(C, c0 + tile);
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t r = r0; r < r1; ++r) dst[c * cols_p + r] = src[r * C + c];
-      }
+    edgekd_layout::padded_transpose_into<T>(src, R, C, kPad, dst);
   } else {
     for (int64_t r = 0; r < R; ++r) std::memcpy(dst + r * cols_p, src + r * C, sizeof(T) * C);
   }

@@ -11,9 +11,9 @@
 //
 // Inference only (no autograd: the training path uses masked_bilstm + masked_attention_pool, whose
 // backward ops exist). The schema, fake kernel and the PyTorch fallback are defined in Python
-// (edgekd/ops/bilstm_attention.py). Invalid *values* (ids out of range, a mask that is not 0/1 and
-// post-padded, an empty row) raise an error starting with "bilstm_attention_forward: invalid
-// batch"; the Python caller then recomputes a detailed EdgekdValueError message.
+// (edgekd/ops/bilstm_attention.py). An invalid batch (ids out of range, a mask that is not 0/1 and
+// post-padded, an empty row) raises an error naming "invalid batch"; the student then re-checks it
+// in Python for a detailed EdgekdValueError message (the public function re-raises the message).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -25,6 +25,8 @@
 #include <limits>
 #include <tuple>
 #include <vector>
+
+#include "layout.h"
 
 // What one row's forward reads: sizes and raw pointers to the prepared weights.
 namespace student_fwd {
@@ -59,7 +61,7 @@ using at::Tensor;
 
 constexpr int64_t kPad = isa_base::kGemvBlock;
 
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+using edgekd_layout::round_up;
 
 // Size of the packed weights: [W_ih^T fwd, W_ih^T rev (E, G4p) | W_hh^T fwd, rev (H, G4p) |
 // bias fwd, rev (G4p) | attention W^T (2H, Ap)], each transposed matrix zero-padded to the
@@ -67,20 +69,6 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int64_t packed_size(int64_t E, int64_t H, int64_t A) {
   const int64_t G4p = round_up(4 * H, kPad), Ap = round_up(A, kPad);
   return 2 * E * G4p + 2 * H * G4p + 2 * G4p + 2 * H * Ap;
-}
-
-// dst (C, round_up(R)) = zero-padded transpose of src (R, C).
-template <typename T>
-void transpose_into(const T* __restrict src, int64_t R, int64_t C, T* __restrict dst) {
-  const int64_t Rp = round_up(R, kPad);
-  std::fill(dst, dst + C * Rp, T(0));
-  constexpr int64_t tile = 16;  // tiles keep both the strided reads and the writes in L1
-  for (int64_t r0 = 0; r0 < R; r0 += tile)
-    for (int64_t c0 = 0; c0 < C; c0 += tile) {
-      const int64_t r1 = std::min(R, r0 + tile), c1 = std::min(C, c0 + tile);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) dst[c * Rp + r] = src[r * C + c];
-    }
 }
 
 void check_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* name, const Tensor& like) {
@@ -97,31 +85,6 @@ void check_vector(const Tensor& t, int64_t n, const char* name, const Tensor& li
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "bilstm_attention_forward: ", name,
               " must have the dtype of the embedding (", like.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), "bilstm_attention_forward: ", name, " must be on the CPU");
-}
-
-// Lengths of a post-padded 0/1 mask with ids in [0, V); false when any of that does not hold.
-template <typename M>
-bool row_lengths(const int64_t* ids, const M* mask, int64_t B, int64_t T, int64_t V, std::vector<int64_t>& len) {
-  bool ok = true;
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t n = 0;
-    bool in_padding = false;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t mv = static_cast<int64_t>(mask[b * T + t]);
-      if (mv == 1) {
-        ok &= !in_padding;  // a one after a zero: not post-padded
-        ++n;
-      } else {
-        ok &= mv == 0;  // not a 0/1 mask
-        in_padding = true;
-      }
-      const int64_t id = ids[b * T + t];
-      ok &= id >= 0 && id < V;
-    }
-    ok &= n >= 1;
-    len[b] = n;
-  }
-  return ok;
 }
 
 // Checks the 8 LSTM tensors and the attention W against each other and against `like` (dtype,
@@ -167,9 +130,9 @@ Tensor bilstm_attention_pack_cpu(const Tensor& w_ih_f, const Tensor& w_hh_f, con
     const Tensor wh[2] = {w_hh_f.contiguous(), w_hh_b.contiguous()};
     const Tensor bi[2] = {b_ih_f.contiguous(), b_ih_b.contiguous()};
     const Tensor bh[2] = {b_hh_f.contiguous(), b_hh_b.contiguous()};
-    for (int d = 0; d < 2; ++d) transpose_into<T>(wi[d].data_ptr<T>(), 4 * H, E, P + d * E * G4p);
+    for (int d = 0; d < 2; ++d) edgekd_layout::padded_transpose_into<T>(wi[d].data_ptr<T>(), 4 * H, E, kPad, P + d * E * G4p);
     T* q = P + 2 * E * G4p;
-    for (int d = 0; d < 2; ++d) transpose_into<T>(wh[d].data_ptr<T>(), 4 * H, H, q + d * H * G4p);
+    for (int d = 0; d < 2; ++d) edgekd_layout::padded_transpose_into<T>(wh[d].data_ptr<T>(), 4 * H, H, kPad, q + d * H * G4p);
     q += 2 * H * G4p;
     for (int d = 0; d < 2; ++d) {
       const T* x = bi[d].data_ptr<T>();
@@ -179,7 +142,7 @@ Tensor bilstm_attention_pack_cpu(const Tensor& w_ih_f, const Tensor& w_hh_f, con
       for (int64_t r = 0; r < 4 * H; ++r) b[r] = x[r] + y[r];
     }
     q += 2 * G4p;
-    transpose_into<T>(att_W.contiguous().data_ptr<T>(), A, 2 * H, q);
+    edgekd_layout::padded_transpose_into<T>(att_W.contiguous().data_ptr<T>(), A, 2 * H, kPad, q);
   });
   return out;
 }
@@ -218,7 +181,8 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
   std::vector<int64_t> len(B);
   bool ok = false;
   AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, mask.scalar_type(), "bilstm_attention_forward_mask", [&] {
-    ok = row_lengths<scalar_t>(ids.data_ptr<int64_t>(), mask.data_ptr<scalar_t>(), B, Tn, V, len);
+    ok = edgekd_layout::post_padded_lengths<scalar_t>(ids.data_ptr<int64_t>(), mask.data_ptr<scalar_t>(), B, Tn, V,
+                                                   len.data());
   });
   TORCH_CHECK(ok, "bilstm_attention_forward: invalid batch: ids must lie in [0, ", V,
               "), the mask must be 0/1 and post-padded with >= 1 valid token per row");

@@ -12,6 +12,8 @@
 
 #include <tuple>
 
+#include "layout.h"
+
 namespace {
 
 using at::Tensor;
@@ -27,33 +29,13 @@ std::tuple<Tensor, Tensor, int64_t> student_check_inputs(const Tensor& ids_in, c
   const int64_t B = ids.size(0), T = ids.size(1);
   Tensor lengths = at::empty({B}, ids.options());
   Tensor mask_bool = at::empty({B, T}, ids.options().dtype(at::kBool));
-  int64_t ok = 1;
-  const int64_t* I = ids.data_ptr<int64_t>();
-  int64_t* Lp = lengths.data_ptr<int64_t>();
-  bool* MB = mask_bool.data_ptr<bool>();
+  bool ok = false;
   AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, mask.scalar_type(), "student_check_inputs", [&] {
-    const scalar_t* M = mask.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      int64_t len = 0;
-      bool in_padding = false;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t mv = static_cast<int64_t>(M[b * T + t]);
-        const int64_t id = I[b * T + t];
-        if (mv == 1) {
-          if (in_padding) ok = 0;  // a one after a zero: not post-padded
-          ++len;
-          MB[b * T + t] = true;
-        } else {
-          if (mv != 0) ok = 0;  // not a 0/1 mask
-          in_padding = true;
-          MB[b * T + t] = false;
-        }
-        if (id < 0 || id >= vocab_size) ok = 0;
-      }
-      if (len == 0) ok = 0;
-      Lp[b] = len;
-    }
+    ok = edgekd_layout::post_padded_lengths<scalar_t>(ids.data_ptr<int64_t>(), mask.data_ptr<scalar_t>(), B, T,
+                                                      vocab_size, lengths.data_ptr<int64_t>(),
+                                                      mask_bool.data_ptr<bool>());
   });
+  const int64_t* Lp = lengths.data_ptr<int64_t>();
   int64_t total = 0;
   for (int64_t b = 0; b < B; ++b) total += Lp[b];
   return {lengths, mask_bool, ok ? total : int64_t(-1)};

@@ -41,11 +41,8 @@ __all__ = [
     "bilstm_attention_pack",
     "bilstm_attention_pack_reference",
     "packed_size",
-    "INVALID_BATCH",
 ]
 
-# prefix of the C++ kernel's error for invalid batch *values*; callers re-check for a detailed message
-INVALID_BATCH = "bilstm_attention_forward: invalid batch"
 
 
 # --------------------------------------------------------------------------------------------
