@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edgekd.distill.checkpoint import load_optimizer, rng_state, save_optimizer, set_rng_state
+from edgekd.training import load_optimizer, rng_state, save_optimizer, set_rng_state
 from edgekd.distill.losses import METHODS, VARIANTS, distillation_loss
 from edgekd.distill.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
