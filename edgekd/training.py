@@ -143,6 +143,7 @@ class LoopConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum)
     lr: float = 5e-5
     weight_decay: float = 0.01  # AdamW; param groups may set their own
+    head_lr_multiplier: float = 1.0  # default groups: a classification head (HEAD_KEYS) learns at lr * this
     warmup_ratio: float = 0.1  # share of the steps with a linear warm-up from 0
     schedule: str = "linear"  # after warm-up: linear decay to 0, cosine decay, or constant
     grad_clip: float | None = 1.0  # max global gradient norm (None: no clipping)
@@ -155,19 +156,18 @@ class LoopConfig:
     save_every: int | None = None  # with a checkpoint dir: also checkpoint every N steps (always: each epoch, end)
 
     def validate(self) -> None:
-        def is_int(v: Any, low: int = 1) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
         def num(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
         ev = self.eval_every
         checks = [
             ("epochs", num(self.epochs) and self.epochs > 0, "a finite number > 0"),
             *((n, getattr(self, n) is None or is_int(getattr(self, n)), "None or an int >= 1")
               for n in ("max_steps", "patience", "save_every")),
             *((n, is_int(getattr(self, n)), "an int >= 1") for n in ("batch_size", "grad_accum")),
-            ("lr", num(self.lr) and self.lr > 0, "> 0"),
+            *((n, num(getattr(self, n)) and getattr(self, n) > 0, "> 0") for n in ("lr", "head_lr_multiplier")),
             ("weight_decay", num(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
             ("warmup_ratio", num(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "in [0, 1)"),
             ("schedule", self.schedule in _SCHEDULES, f"one of {_SCHEDULES}"),
@@ -183,9 +183,7 @@ class LoopConfig:
         return math.ceil(num_examples / (self.batch_size * self.grad_accum))
 
     def total_steps(self, num_examples: int) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        return max(1, int(round(self.steps_per_epoch(num_examples) * self.epochs)))
+        return self.max_steps or max(1, int(round(self.steps_per_epoch(num_examples) * self.epochs)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LoopConfig":
@@ -197,8 +195,7 @@ class LoopConfig:
 
 
 def lr_multiplier(schedule: str, step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor of optimizer step ``step`` (0-based) of ``total`` with ``warmup`` warm-up
-    steps (transformers' ``get_linear_schedule_with_warmup`` / ``..._cosine_...`` / constant)."""
+    """lr factor of step ``step`` (0-based) of ``total``, as transformers' schedules with warm-up."""
     if step < warmup:
         return float(step) / float(max(1, warmup))
     if schedule == "constant":
@@ -221,7 +218,8 @@ def param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float, head
     groups = [dict(g) for g in first]
     for head in (False, True):
         for decay in (True, False):
-            ps = [p for n, p in named if n.endswith(tuple(no_decay)) != decay and any(k in n for k in head_keys) == head]
+            ps = [p for n, p in named
+                  if n.endswith(tuple(no_decay)) != decay and any(k in n for k in head_keys) == head]
             if ps:
                 groups.append({"params": ps, "weight_decay": weight_decay if decay else 0.0,
                                "lr": lr * (head_lr_multiplier if head else 1.0)})
@@ -250,9 +248,8 @@ def epoch_order(kind: str, num_examples: int, seed: int, epoch: int) -> list[int
 
 @dataclass
 class LoopResult:
-    """What :func:`train_loop` did. ``losses`` holds one training loss per optimizer step (the mean
-    over the step's examples); ``history`` one dict per dev evaluation (``step``, ``epoch``, the
-    metrics); ``best`` the best of them (or None)."""
+    """What :func:`train_loop` did: ``losses`` per optimizer step (mean over the step's examples),
+    ``history`` per dev evaluation (``step``, ``epoch``, metrics), ``best`` the best of them or None."""
 
     steps: int
     total_steps: int
@@ -301,8 +298,7 @@ def _load_weights(model: torch.nn.Module, directory: Path) -> None:
 
 
 def _device(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return next(model.parameters()).device
 
 
 def _save_checkpoint(d: Path, model, opt, generators: Mapping[str, torch.Generator], state: dict) -> None:
@@ -403,7 +399,8 @@ def train_loop(
     warmup = int(cfg.warmup_ratio * total)
     step_examples = cfg.batch_size * cfg.grad_accum
     if groups is None:
-        groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              head_lr_multiplier=cfg.head_lr_multiplier)
     opt = torch.optim.AdamW([dict(g) for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
     device = _device(model)
