@@ -1,0 +1,292 @@
+"""The trainer for generative students: token-level KD (or CE only) on the shared loop.
+
+:func:`train_causal_lm` trains a causal-LM student on token sequences through
+:func:`edgekd.training.train_loop` (AdamW, schedule, clipping, seeded order, checkpoints + resume,
+progress bar). Per optimizer step the loss is
+
+    sum over the step's valid target tokens of  loss(token)  /  number of valid target tokens in the step
+
+whatever ``batch_size`` x ``grad_accum`` split the step: each micro-batch contributes its token sum
+divided by the step's token count (known before the step's first forward), so gradient
+accumulation takes exactly the step of the unsplit batch (the fix of TRL #4719). Valid target
+tokens are those whose label is not -100: padding and prompt tokens (:func:`encode_pairs`) are masked.
+
+``config.loss``: ``"ce"`` (the CE-only baseline, no teacher) or a loss of :mod:`edgekd.llm.losses`
+(``forward_kl``, ``reverse_kl``, ``jsd``, ...; ``kd_loss`` there; until that module is present a
+built-in forward / reverse KL with the same semantics is used), optionally mixed with CE by
+``config.ce_weight``. The teacher is a model (run under ``no_grad`` on each micro-batch) or a
+callable ``teacher(indices) -> dense logits (B, T, V) or a SparseTeacher`` such as a teacher cache
+filled once before training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from edgekd.errors import EdgekdValueError
+from edgekd.training import LoopConfig, LoopResult, epoch_order, seed_everything, train_loop
+
+__all__ = ["LLMTrainConfig", "LLMTrainResult", "train_causal_lm", "evaluate_perplexity", "pack_texts",
+           "encode_pairs", "token_data", "kd_loss"]
+
+IGNORE = -100
+
+try:  # the loss zoo (llmops); the fallback below keeps the same call signature and semantics
+    from edgekd.llm.losses import kd_loss  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on which branches are merged
+    def kd_loss(student_logits: torch.Tensor, teacher: torch.Tensor, *, loss: str = "forward_kl",
+                temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1, mask: torch.Tensor | None = None,
+                num_valid_tokens: int | None = None, ce_weight: float = 0.0,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward KL ``T^2 KL(p_T || q_T)`` or reverse KL ``T^2 KL(q_T || p_T)`` per token (p teacher,
+        q student, both at temperature T), plus ``ce_weight`` x CE(labels) at T = 1, summed over the
+        valid tokens and divided by ``num_valid_tokens`` (default: their count)."""
+        if loss not in ("forward_kl", "reverse_kl"):
+            raise EdgekdValueError(f"kd_loss: only forward_kl / reverse_kl are built in, got {loss!r}")
+        if not isinstance(teacher, torch.Tensor) or teacher.shape != student_logits.shape:
+            raise EdgekdValueError("kd_loss: the built-in loss needs dense teacher logits of the student's shape")
+        m = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device) \
+            if mask is None else mask.bool()
+        s = torch.log_softmax(student_logits[m].float() / temperature, -1)
+        t = torch.log_softmax(teacher[m].float() / temperature, -1)
+        a, b = (t, s) if loss == "forward_kl" else (s, t)
+        per_tok = (a.exp() * (a - b)).sum(-1) * temperature ** 2
+        total = per_tok.sum()
+        if ce_weight:
+            total = total + ce_weight * torch.nn.functional.cross_entropy(
+                student_logits[m].float(), labels[m], reduction="sum")
+        n = int(m.sum()) if num_valid_tokens is None else num_valid_tokens
+        return total / max(n, 1)
+
+
+@dataclass
+class LLMTrainConfig:
+    """Settings of :func:`train_causal_lm`; ``loop`` holds the shared loop's (lr, steps, batch, ...)."""
+
+    loss: str = "forward_kl"  # "ce" (no teacher) or a kd_loss name
+    temperature: float = 1.0
+    ce_weight: float = 0.0  # CE mixed into a KD loss
+    beta: float = 0.5  # generalized JSD
+    alpha: float = 0.1  # skew KLs
+    eval_batch_size: int = 8
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=1e-4, batch_size=4, warmup_ratio=0.05,
+                                                                 weight_decay=0.0, metric="neg_eval_loss",
+                                                                 select_best=False))
+
+    def validate(self) -> None:
+        if not isinstance(self.loss, str) or not self.loss:
+            raise EdgekdValueError(f"LLMTrainConfig.loss must be 'ce' or a KD loss name, got {self.loss!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise EdgekdValueError(f"LLMTrainConfig.temperature must be > 0, got {self.temperature!r}")
+        if not (isinstance(self.ce_weight, (int, float)) and self.ce_weight >= 0):
+            raise EdgekdValueError(f"LLMTrainConfig.ce_weight must be >= 0, got {self.ce_weight!r}")
+        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
+            raise EdgekdValueError(f"LLMTrainConfig.eval_batch_size must be an int >= 1, got {self.eval_batch_size!r}")
+        self.loop.validate()
+
+
+@dataclass
+class LLMTrainResult:
+    """The loop's result plus held-out loss / perplexity before and after training (when eval data given)."""
+
+    loop: LoopResult
+    eval_before: dict | None = None
+    eval_after: dict | None = None
+    tokens_trained: int = 0  # valid target tokens trained on in this call
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def token_data(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A training / eval set as tensors: ``labels`` default to ``input_ids`` with padding set to -100."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise EdgekdValueError("data: input_ids must be a non-empty (N, T) tensor")
+    if input_ids.shape[1] < 2:
+        raise EdgekdValueError(f"data: sequences need at least 2 tokens (one target), got length {input_ids.shape[1]}")
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
+    if labels is None:
+        labels = input_ids.masked_fill(mask == 0, IGNORE)
+    for name, t in (("attention_mask", mask), ("labels", labels)):
+        if t.shape != input_ids.shape:
+            raise EdgekdValueError(f"data: {name} has shape {tuple(t.shape)}, input_ids {tuple(input_ids.shape)}")
+    if not (labels[:, 1:] != IGNORE).any():
+        raise EdgekdValueError("data: no valid target tokens (all labels are -100)")
+    return {"input_ids": input_ids.long(), "attention_mask": mask.long(), "labels": labels.long()}
+
+
+def pack_texts(tokenizer: Any, texts: Sequence[str], seq_len: int, *, max_sequences: int | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Concatenate the texts' tokens (EOS between texts) and cut them into full ``seq_len`` sequences."""
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise EdgekdValueError(f"pack_texts: seq_len must be an int >= 2, got {seq_len!r}")
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if max_sequences is not None and len(ids) >= seq_len * max_sequences:
+            break
+    n = len(ids) // seq_len
+    if max_sequences is not None:
+        n = min(n, max_sequences)
+    if n == 0:
+        raise EdgekdValueError(f"pack_texts: the texts hold {len(ids)} tokens, fewer than one sequence of {seq_len}")
+    return token_data(torch.tensor(ids[:n * seq_len], dtype=torch.long).view(n, seq_len))
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> dict[str, torch.Tensor]:
+    """(prompt, completion) pairs -> right-padded ids; labels are -100 on the prompt and the padding,
+    so only completion tokens (and the EOS after them) are trained on."""
+    rows = []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            c = c + [tokenizer.eos_token_id]
+        ids = (p + c)[:max_length]
+        lab = ([IGNORE] * len(p) + c)[:max_length]
+        rows.append((ids, lab))
+    if not rows:
+        raise EdgekdValueError("encode_pairs: no pairs")
+    t = max(len(r[0]) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    labels = torch.full((len(rows), t), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, (a, b) in enumerate(rows):
+        ids[i, :len(a)], labels[i, :len(b)], mask[i, :len(a)] = torch.tensor(a), torch.tensor(b), 1
+    return token_data(ids, mask, labels)
+
+
+def _valid_targets(labels: torch.Tensor) -> torch.Tensor:
+    return labels[:, 1:] != IGNORE
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: torch.nn.Module, data: Mapping[str, torch.Tensor], batch_size: int = 8) -> dict:
+    """Mean next-token NLL over the valid target tokens of ``data`` and its exp (perplexity)."""
+    d = token_data(data["input_ids"], data.get("attention_mask"), data.get("labels"))
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        for i in range(0, d["input_ids"].shape[0], batch_size):
+            ids = d["input_ids"][i:i + batch_size].to(dev)
+            logits = model(input_ids=ids, attention_mask=d["attention_mask"][i:i + batch_size].to(dev),
+                           use_cache=False).logits[:, :-1].float()
+            lab = d["labels"][i:i + batch_size, 1:].to(dev)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), lab, ignore_index=IGNORE, reduction="sum")
+            total += float(nll)
+            n += int((lab != IGNORE).sum())
+    finally:
+        model.train(was)
+    loss = total / n
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": n, "neg_eval_loss": -loss}
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _teacher_fn(teacher: Any) -> Callable[[list[int], Mapping[str, torch.Tensor]], Any] | None:
+    if teacher is None:
+        return None
+    if isinstance(teacher, torch.nn.Module):
+        teacher.eval()
+
+        @torch.no_grad()
+        def run(idx: list[int], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            dev = next(teacher.parameters()).device
+            out = teacher(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                          use_cache=False).logits[:, :-1]
+            return out.to(batch["input_ids"].device)
+        return run
+    if callable(teacher):
+        return lambda idx, batch: teacher(idx)
+    raise EdgekdValueError(f"teacher must be a causal LM, a callable indices -> targets, or None; got {type(teacher)}")
+
+
+def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], *, teacher: Any = None,
+                    config: LLMTrainConfig | None = None, eval_data: Mapping[str, torch.Tensor] | None = None,
+                    checkpoint_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
+                    progress: bool = True, desc: str = "llm") -> LLMTrainResult:
+    """Train ``student`` in place on ``data`` (``input_ids`` / ``attention_mask`` / ``labels``, see
+    :func:`token_data`) with ``config.loss``; see the module doc. ``eval_data``: held-out set whose
+    loss / perplexity is measured before and after (and every ``config.loop.eval_every`` steps)."""
+    cfg = config or LLMTrainConfig()
+    cfg.validate()
+    d = token_data(data["input_ids"], data.get("attention_mask"), data.get("labels"))
+    ce_only = cfg.loss == "ce"
+    if ce_only and teacher is not None:
+        raise EdgekdValueError("train_causal_lm: loss='ce' trains without a teacher; pass teacher=None")
+    if not ce_only and teacher is None:
+        raise EdgekdValueError(f"train_causal_lm: loss={cfg.loss!r} needs a teacher")
+    t_vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
+    s_vocab = getattr(getattr(student, "config", None), "vocab_size", None)
+    if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
+        raise EdgekdValueError(f"train_causal_lm: teacher vocabulary {t_vocab} != student vocabulary {s_vocab} "
+                               "(no token mapping)")
+    get_teacher = _teacher_fn(teacher)
+    loop = cfg.loop
+    n = d["input_ids"].shape[0]
+    valid = _valid_targets(d["labels"]).sum(1)  # valid target tokens per sequence
+    spe = loop.steps_per_epoch(n)
+    step_examples = loop.batch_size * loop.grad_accum
+    order = (lambda epoch: epoch_order(loop.shuffle, n, loop.seed, epoch))
+    cur: dict[str, Any] = {}
+
+    def on_step(step: int, total: int) -> None:
+        epoch, pos = divmod(step, spe)
+        idx = order(epoch)[pos * step_examples:(pos + 1) * step_examples]
+        cur["n_tokens"] = max(int(valid[idx].sum()), 1)
+        cur["n_examples"] = len(idx)
+        cur["trained"] = cur.get("trained", 0) + cur["n_tokens"]
+
+    def make_batch(idx: list[int]) -> dict[str, Any]:
+        return {"input_ids": d["input_ids"][idx], "attention_mask": d["attention_mask"][idx],
+                "labels": d["labels"][idx], "idx": list(idx)}
+
+    def loss_fn(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE
+        if ce_only:
+            loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                                     reduction="sum") / cur["n_tokens"]
+        else:
+            target = get_teacher(batch["idx"], batch)
+            loss = kd_loss(logits, target, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
+                           alpha=cfg.alpha, mask=mask, num_valid_tokens=cur["n_tokens"],
+                           ce_weight=cfg.ce_weight, labels=labels.masked_fill(~mask, 0))
+        # the shared loop weights a micro-batch's loss by its share of the step's examples; this loss is
+        # already the micro-batch's share of the step's token mean, so undo that weighting
+        share = len(batch["idx"]) / cur["n_examples"]
+        return loss / share if share != 1 else loss
+
+    evaluate = None
+    if eval_data is not None:
+        evaluate = lambda m: evaluate_perplexity(m, eval_data, cfg.eval_batch_size)  # noqa: E731
+    seed_everything(loop.seed)
+    before = evaluate_perplexity(student, eval_data, cfg.eval_batch_size) if eval_data is not None and not resume \
+        else None
+    res = train_loop(student, n, make_batch, loop, loss_fn=loss_fn, on_step=on_step,
+                     evaluate=evaluate if loop.eval_every is not None else None, order=order,
+                     checkpoint_dir=checkpoint_dir, resume=resume, stop_after=stop_after, progress=progress,
+                     desc=desc)
+    after = evaluate_perplexity(student, eval_data, cfg.eval_batch_size) if eval_data is not None and res.finished \
+        else None
+    return LLMTrainResult(loop=res, eval_before=before, eval_after=after, tokens_trained=cur.get("trained", 0))
