@@ -92,6 +92,7 @@ def load_causal_lm(source: str | os.PathLike, *, gguf_file: str | None = None, d
     eval mode on ``device``. GGUF weights are dequantised to ``dtype`` and the model made plain."""
     from transformers import AutoModelForCausalLM
 
+    dtype = _dtype(dtype)
     src = os.fspath(source)
     path = Path(src).expanduser()
     kw: dict[str, Any] = {}
@@ -121,7 +122,7 @@ def load_causal_lm(source: str | os.PathLike, *, gguf_file: str | None = None, d
             raise EdgekdValueError(f"model: loading a GGUF file needs the gguf and accelerate packages "
                                    f"(pip install 'edgekd[llm]'): {exc}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(dtype), **kw)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     except EdgekdValueError:
         raise
     except Exception as exc:
