@@ -16,7 +16,7 @@ Text: PolicyQA dev contexts (distinct paragraphs; the policies are split by titl
 held-out, PolicyQA test is never read) and TFNS tweets (sent_train.csv for training,
 sent_valid.csv held out), packed with EOS between texts.
 
-  OMP_NUM_THREADS=1 nice python benchmarks/distill_llm.py all --keep 10 --train-seqs 128 --epochs 2
+  OMP_NUM_THREADS=1 nice python benchmarks/distill_llm.py all --keep 10 --train-seqs 128 --epochs 1
 """
 from __future__ import annotations
 
@@ -175,9 +175,9 @@ def stage_train(args, w: pathlib.Path) -> None:
     for run in args.runs:
         init, loss = run.split(":")
         name = f"{init}{args.keep}:{loss}:lr{args.lr}:ep{args.epochs}"
-        res = load_json(w / "results.json")
-        if name in res.get("runs", {}):
-            print("done:", name, res["runs"][name]["eval_after"], flush=True)
+        run_f = w / "runs" / (name.replace(":", "_") + ".json")
+        if run_f.is_file():
+            print("done:", name, load_json(run_f)["eval_after"], flush=True)
             continue
         student, _ = load_causal_lm(w / f"student_{init}{args.keep}")
         teacher = None
@@ -193,17 +193,18 @@ def stage_train(args, w: pathlib.Path) -> None:
                             eval_data={"input_ids": data["heldout"]}, checkpoint_dir=str(w / "ckpt" / name.replace(":", "_")),
                             resume=True, desc=name)
         after = r.eval_after or evaluate_perplexity(student, {"input_ids": data["heldout"]}, args.eval_batch)
-        res = load_json(w / "results.json")
-        res.setdefault("runs", {})[name] = {
+        run_f.parent.mkdir(exist_ok=True)
+        save_json(run_f, {"name": name,
             "init": init, "loss": loss, "eval_after": after, "steps": r.loop.steps, "first_loss": r.loop.first_loss,
             "final_loss": r.loop.final_loss, "train_tokens_per_epoch": int(data["train"].shape[0] * (args.seq_len - 1)),
-            "epochs": args.epochs, "lr": args.lr, "seconds_this_call": time.time() - t0, "resumed_from": r.loop.resumed_from}
-        save_json(w / "results.json", res)
+            "epochs": args.epochs, "lr": args.lr, "seconds_this_call": time.time() - t0, "resumed_from": r.loop.resumed_from,
+            "tokens_trained_this_call": r.tokens_trained})
         print(name, after, flush=True)
 
 
 def stage_report(args, w: pathlib.Path) -> None:
     res = load_json(w / "results.json")
+    res["runs"] = {r["name"]: r for r in (load_json(f) for f in sorted((w / "runs").glob("*.json")))}
     t = res["teacher"]
     lines = ["# Distilling SmolLM2-135M-Instruct into a depth-pruned student (held-out perplexity)", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (OMP_NUM_THREADS=1), "
@@ -250,10 +251,10 @@ def main(argv=None) -> None:
     ap.add_argument("--train-seqs", type=int, default=128)
     ap.add_argument("--heldout-seqs", type=int, default=32)
     ap.add_argument("--calib-seqs", type=int, default=16)
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
