@@ -12,11 +12,11 @@ accumulation takes exactly the step of the unsplit batch (the fix of TRL #4719).
 tokens are those whose label is not -100: padding and prompt tokens (:func:`encode_pairs`) are masked.
 
 ``config.loss``: ``"ce"`` (the CE-only baseline, no teacher) or a loss of :mod:`edgekd.llm.losses`
-(``forward_kl``, ``reverse_kl``, ``jsd``, ...; ``kd_loss`` there; until that module is present a
-built-in forward / reverse KL with the same semantics is used), optionally mixed with CE by
-``config.ce_weight``. The teacher is a model (run under ``no_grad`` on each micro-batch) or a
-callable ``teacher(indices) -> dense logits (B, T, V) or a SparseTeacher`` such as a teacher cache
-filled once before training.
+(``forward_kl``, ``reverse_kl``, ``jsd``, ``tv``, ``akl``, ...; computed by ``kd_loss`` there with its
+semantics: temperature on both sides, tau^2 once, ``(1 - ce_weight) KD + ce_weight CE``).
+The teacher is a model (run under ``no_grad`` on each micro-batch) or a
+callable ``teacher(indices) -> dense logits (B, T-1, V) or a SparseTeacher`` (positions aligned with
+the student's shifted logits) such as a teacher cache filled once before training.
 """
 from __future__ import annotations
 
@@ -30,36 +30,12 @@ from edgekd.errors import EdgekdValueError
 from edgekd.training import LoopConfig, LoopResult, epoch_order, seed_everything, train_loop
 
 __all__ = ["LLMTrainConfig", "LLMTrainResult", "train_causal_lm", "evaluate_perplexity", "pack_texts",
-           "encode_pairs", "token_data", "kd_loss"]
+           "encode_pairs", "token_data"]
 
 IGNORE = -100
 
-try:  # the loss zoo (llmops); the fallback below keeps the same call signature and semantics
-    from edgekd.llm.losses import kd_loss  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on which branches are merged
-    def kd_loss(student_logits: torch.Tensor, teacher: torch.Tensor, *, loss: str = "forward_kl",
-                temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1, mask: torch.Tensor | None = None,
-                num_valid_tokens: int | None = None, ce_weight: float = 0.0,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Forward KL ``T^2 KL(p_T || q_T)`` or reverse KL ``T^2 KL(q_T || p_T)`` per token (p teacher,
-        q student, both at temperature T), plus ``ce_weight`` x CE(labels) at T = 1, summed over the
-        valid tokens and divided by ``num_valid_tokens`` (default: their count)."""
-        if loss not in ("forward_kl", "reverse_kl"):
-            raise EdgekdValueError(f"kd_loss: only forward_kl / reverse_kl are built in, got {loss!r}")
-        if not isinstance(teacher, torch.Tensor) or teacher.shape != student_logits.shape:
-            raise EdgekdValueError("kd_loss: the built-in loss needs dense teacher logits of the student's shape")
-        m = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device) \
-            if mask is None else mask.bool()
-        s = torch.log_softmax(student_logits[m].float() / temperature, -1)
-        t = torch.log_softmax(teacher[m].float() / temperature, -1)
-        a, b = (t, s) if loss == "forward_kl" else (s, t)
-        per_tok = (a.exp() * (a - b)).sum(-1) * temperature ** 2
-        total = per_tok.sum()
-        if ce_weight:
-            total = total + ce_weight * torch.nn.functional.cross_entropy(
-                student_logits[m].float(), labels[m], reduction="sum")
-        n = int(m.sum()) if num_valid_tokens is None else num_valid_tokens
-        return total / max(n, 1)
+from edgekd.llm.losses import kd_loss
+from edgekd.ops import kd_math
 
 
 @dataclass
@@ -68,7 +44,7 @@ class LLMTrainConfig:
 
     loss: str = "forward_kl"  # "ce" (no teacher) or a kd_loss name
     temperature: float = 1.0
-    ce_weight: float = 0.0  # CE mixed into a KD loss
+    ce_weight: float = 0.0  # (1 - ce_weight) KD + ce_weight CE
     beta: float = 0.5  # generalized JSD
     alpha: float = 0.1  # skew KLs
     eval_batch_size: int = 8
@@ -77,13 +53,9 @@ class LLMTrainConfig:
                                                                  select_best=False))
 
     def validate(self) -> None:
-        if not isinstance(self.loss, str) or not self.loss:
-            raise EdgekdValueError(f"LLMTrainConfig.loss must be 'ce' or a KD loss name, got {self.loss!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
-            raise EdgekdValueError(f"LLMTrainConfig.temperature must be > 0, got {self.temperature!r}")
-        if not (isinstance(self.ce_weight, (int, float)) and self.ce_weight >= 0):
-            raise EdgekdValueError(f"LLMTrainConfig.ce_weight must be >= 0, got {self.ce_weight!r}")
+        if self.loss != "ce":
+            kd_math.check_loss_settings(self.loss, self.temperature, self.beta, self.alpha, self.ce_weight,
+                                        "LLMTrainConfig")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise EdgekdValueError(f"LLMTrainConfig.eval_batch_size must be an int >= 1, got {self.eval_batch_size!r}")
         self.loop.validate()
@@ -271,7 +243,7 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
             target = get_teacher(batch["idx"], batch)
             loss = kd_loss(logits, target, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
                            alpha=cfg.alpha, mask=mask, num_valid_tokens=cur["n_tokens"],
-                           ce_weight=cfg.ce_weight, labels=labels.masked_fill(~mask, 0))
+                           ce_weight=cfg.ce_weight, labels=labels)
         # the shared loop weights a micro-batch's loss by its share of the step's examples; this loss is
         # already the micro-batch's share of the step's token mean, so undo that weighting
         share = len(batch["idx"]) / cur["n_examples"]

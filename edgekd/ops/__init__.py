@@ -27,3 +27,7 @@ __all__ += ["masked_attention_pool"]
 from edgekd.ops.bilstm_attention import bilstm_attention_forward  # noqa: E402
 
 __all__ += ["bilstm_attention_forward"]
+
+from edgekd.ops.fused_linear_kd import fused_linear_kd  # noqa: E402
+
+__all__ += ["fused_linear_kd"]
