@@ -20,6 +20,7 @@ _COMMAND_MODULES: list[str] = [
     "edgekd.teacher.cli",
     "edgekd.distill.cli",
     "edgekd.prune.cli",
+    "edgekd.llm.cli",
 ]
 
 
