@@ -86,7 +86,6 @@ def block_influence(model: torch.nn.Module, batches: Iterable[Mapping[str, torch
     _check_arch(model)
     layers = _layers(model)
     sums = torch.zeros(len(layers), dtype=torch.float64)
-    count = 0
     state: dict[str, torch.Tensor] = {}
 
     def hook(i):
@@ -98,7 +97,15 @@ def block_influence(model: torch.nn.Module, batches: Iterable[Mapping[str, torch
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    was = model.training
+    count = _run_hooked(model, batches, handles, state)
+    return (1.0 - sums / count).float()
+
+
+def _run_hooked(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], handles: list,
+                state: dict) -> int:
+    """Run the calibration batches in eval mode with ``state["mask"]`` set for the hooks; remove the
+    hooks; return the number of valid tokens (at least 1)."""
+    was, count = model.training, 0
     model.eval()
     try:
         for b in _as_batches(batches):
@@ -109,7 +116,7 @@ def block_influence(model: torch.nn.Module, batches: Iterable[Mapping[str, torch
         for h in handles:
             h.remove()
         model.train(was)
-    return (1.0 - sums / max(count, 1)).float()
+    return max(count, 1)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -252,18 +259,7 @@ def width_importance(model: torch.nn.Module, batches: Iterable[Mapping[str, torc
     for i, layer in enumerate(layers):
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_hook(i)))
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook(i)))
-    was, count = model.training, 0
-    model.eval()
-    try:
-        for b in _as_batches(batches):
-            state["mask"] = b["attention_mask"].to(_device(model)).double()
-            count += int(b["attention_mask"].sum())
-            model(**_to(b, model), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    count = max(count, 1)
+    count = _run_hooked(model, batches, handles, state)
     return {"mlp": (mlp / count).float(), "heads": (heads / count).float()}
 
 
