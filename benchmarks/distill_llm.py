@@ -209,10 +209,13 @@ def stage_report(args, w: pathlib.Path) -> None:
     lines = ["# Distilling SmolLM2-135M-Instruct into a depth-pruned student (held-out perplexity)", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (OMP_NUM_THREADS=1), "
              f"torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "Command: `OMP_NUM_THREADS=1 nice python benchmarks/distill_llm.py all " + " ".join(sys.argv[2:]) + "`", "",
+             "Command (the stages ran as separate processes, two training runs at a time; `all` does the same "
+             "in one): `OMP_NUM_THREADS=1 nice python benchmarks/distill_llm.py all --keep "
+             f"{args.keep} --runs " + " ".join(sorted({f"{r['init']}:{r['loss']}" for r in res['runs'].values()}))
+             + "` (other settings at their defaults), then `... report`.", "",
              f"Text: PolicyQA dev contexts (16 policies train, 4 held out; PolicyQA test unused) + TFNS tweets "
              f"(train / valid), packed into {args.seq_len}-token sequences: {args.train_seqs} training sequences "
-             f"x {args.epochs} epoch(s) = {args.train_seqs * (args.seq_len - 1) * args.epochs:,} target tokens per run, "
+             f"x {args.epochs:g} epoch(s) = {args.train_seqs * (args.seq_len - 1) * args.epochs:,.0f} target tokens per run, "
              f"{args.heldout_seqs} held-out sequences ({t['tokens']:,} tokens). A deliberately tiny budget: "
              "2 shared CPU cores. Every trained row saw the same tokens in the same order (same seed).", "",
              f"Teacher: {t['params'] / 1e6:.1f}M parameters, {t['layers']} layers (GGUF Q4_1 dequantised to fp32). "
