@@ -8,7 +8,8 @@ so an interrupted run resumes (training runs checkpoint every few steps):
            computed once and reused by every KD run: the teacher runs once, not every step)
   prune    block influence (ShortGPT) on the calibration sequences -> keep the --keep most influential
            layers; the evenly spaced baseline; both students saved, their held-out perplexity
-  train    one run per --runs item ``<init>:<loss>`` (init: bi | even; loss: ce | forward_kl | reverse_kl),
+  train    one run per --runs item ``<init>:<loss>[:<ce_weight>]`` (init: bi | even; loss: ce or a kd_loss
+           name; ce_weight: (1 - w) KD + w CE),
            each on the same training sequences for the same number of steps (same token budget)
   report   benchmarks/results/llm_distill.md (+ llm_distill.json)
 
@@ -173,8 +174,10 @@ def stage_train(args, w: pathlib.Path) -> None:
     data_f, data = _data(args, w)
     logits = None
     for run in args.runs:
-        init, loss = run.split(":")
-        name = f"{init}{args.keep}:{loss}:lr{args.lr}:ep{args.epochs}"
+        init, loss, *rest = run.split(":")
+        ce_weight = float(rest[0]) if rest else 0.0
+        mix = f"+ce{ce_weight:g}" if ce_weight else ""
+        name = f"{init}{args.keep}:{loss}{mix}:lr{args.lr}:ep{args.epochs}"
         run_f = w / "runs" / (name.replace(":", "_") + ".json")
         if run_f.is_file():
             print("done:", name, load_json(run_f)["eval_after"], flush=True)
@@ -185,7 +188,7 @@ def stage_train(args, w: pathlib.Path) -> None:
             if logits is None:
                 logits = load_file(str(w / f"teacher_logits_{data_f.stem}.safetensors"))["logits"]
             teacher = (lambda idx: logits[idx].float())
-        cfg = LLMTrainConfig(loss=loss, temperature=args.temperature)
+        cfg = LLMTrainConfig(loss=loss, temperature=args.temperature, ce_weight=ce_weight)
         cfg.loop.lr, cfg.loop.batch_size, cfg.loop.grad_accum = args.lr, args.batch_size, args.grad_accum
         cfg.loop.epochs, cfg.loop.seed, cfg.loop.save_every = args.epochs, args.seed, 8
         t0 = time.time()
@@ -195,7 +198,7 @@ def stage_train(args, w: pathlib.Path) -> None:
         after = r.eval_after or evaluate_perplexity(student, {"input_ids": data["heldout"]}, args.eval_batch)
         run_f.parent.mkdir(exist_ok=True)
         save_json(run_f, {"name": name,
-            "init": init, "loss": loss, "eval_after": after, "steps": r.loop.steps, "first_loss": r.loop.first_loss,
+            "init": init, "loss": loss, "ce_weight": ce_weight, "eval_after": after, "steps": r.loop.steps, "first_loss": r.loop.first_loss,
             "final_loss": r.loop.final_loss, "train_tokens_per_epoch": int(data["train"].shape[0] * (args.seq_len - 1)),
             "epochs": args.epochs, "lr": args.lr, "seconds_this_call": time.time() - t0, "resumed_from": r.loop.resumed_from,
             "tokens_trained_this_call": r.tokens_trained})
@@ -211,7 +214,8 @@ def stage_report(args, w: pathlib.Path) -> None:
              f"torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "Command (the stages ran as separate processes, two training runs at a time; `all` does the same "
              "in one): `OMP_NUM_THREADS=1 nice python benchmarks/distill_llm.py all --keep "
-             f"{args.keep} --runs " + " ".join(sorted({f"{r['init']}:{r['loss']}" for r in res['runs'].values()}))
+             f"{args.keep} --runs " + " ".join(sorted({f"{r['init']}:{r['loss']}" + (f":{r['ce_weight']:g}" if r.get("ce_weight") else "")
+                                               for r in res['runs'].values()}))
              + "` (other settings at their defaults), then `... report`.", "",
              f"Text: PolicyQA dev contexts (16 policies train, 4 held out; PolicyQA test unused) + TFNS tweets "
              f"(train / valid), packed into {args.seq_len}-token sequences: {args.train_seqs} training sequences "
@@ -235,6 +239,8 @@ def stage_report(args, w: pathlib.Path) -> None:
         for name, r in sorted(res.get("runs", {}).items()):
             if r["init"] == init and name.startswith(f"{init}{args.keep}:"):
                 what = "CE only" if r["loss"] == "ce" else f"KD {r['loss']}"
+                if r.get("ce_weight"):
+                    what = f"{1 - r['ce_weight']:g} x KD {r['loss']} + {r['ce_weight']:g} x CE"
                 e = r["eval_after"]
                 lines.append(f"| student ({label}) | {len(p['layers'])} | {p['params'] / 1e6:.1f}M | {what}, "
                              f"{r['steps']} steps, lr {r['lr']} | {e['eval_loss']:.3f} | {e['perplexity']:.2f} |")

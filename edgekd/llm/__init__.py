@@ -20,6 +20,6 @@ _EXPORTS = {
     **dict.fromkeys(["block_influence", "layer_drop_importance", "evenly_spaced_layers", "select_layers",
                      "prune_depth", "width_importance", "prune_width", "calibration_batches"], "prune"),
     **dict.fromkeys(["LLMTrainConfig", "LLMTrainResult", "train_causal_lm", "evaluate_perplexity",
-                     "pack_texts", "encode_pairs", "token_data"], "trainer"),
+                     "pack_texts", "encode_pairs", "token_data", "cached_teacher", "teacher_fingerprint"], "trainer"),
 }
 lazy_package(__name__, _EXPORTS)

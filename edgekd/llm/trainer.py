@@ -16,7 +16,8 @@ tokens are those whose label is not -100: padding and prompt tokens (:func:`enco
 semantics: temperature on both sides, tau^2 once, ``(1 - ce_weight) KD + ce_weight CE``).
 The teacher is a model (run under ``no_grad`` on each micro-batch) or a
 callable ``teacher(indices) -> dense logits (B, T-1, V) or a SparseTeacher`` (positions aligned with
-the student's shifted logits) such as a teacher cache filled once before training.
+the student's shifted logits). With ``cache_dir`` the teacher model runs once over the training set
+into the sparse teacher cache (:func:`cached_teacher`, :mod:`edgekd.llm.cache`) and every step reads it.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from edgekd.errors import EdgekdValueError
 from edgekd.training import LoopConfig, LoopResult, epoch_order, seed_everything, train_loop
 
 __all__ = ["LLMTrainConfig", "LLMTrainResult", "train_causal_lm", "evaluate_perplexity", "pack_texts",
-           "encode_pairs", "token_data"]
+           "encode_pairs", "token_data", "cached_teacher", "teacher_fingerprint"]
 
 IGNORE = -100
 
@@ -47,7 +48,8 @@ class LLMTrainConfig:
     ce_weight: float = 0.0  # (1 - ce_weight) KD + ce_weight CE
     beta: float = 0.5  # generalized JSD
     alpha: float = 0.1  # skew KLs
-    eval_batch_size: int = 8
+    eval_batch_size: int = 8  # also the teacher's batch when it fills the cache
+    cache_topk: int = 64  # teacher tokens kept per position in the sparse cache (train_causal_lm(cache_dir=...))
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=1e-4, batch_size=4, warmup_ratio=0.05,
                                                                  weight_decay=0.0, metric="neg_eval_loss",
                                                                  select_best=False))
@@ -191,13 +193,60 @@ def _teacher_fn(teacher: Any) -> Callable[[list[int], Mapping[str, torch.Tensor]
     raise EdgekdValueError(f"teacher must be a causal LM, a callable indices -> targets, or None; got {type(teacher)}")
 
 
+def teacher_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's config and weights (the teacher id of a sparse cache)."""
+    import hashlib
+
+    h = hashlib.sha256(model.config.to_json_string().encode() if hasattr(model, "config") else b"")
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_teacher(teacher: torch.nn.Module, data: Mapping[str, torch.Tensor], cache_dir: str, *, topk: int = 64,
+                   temperature: float = 1.0, batch_size: int = 8, teacher_id: str | None = None
+                   ) -> Callable[[list[int]], Any]:
+    """Run ``teacher`` once over ``data`` into the sparse teacher cache (:mod:`edgekd.llm.cache`: top-k
+    log-probs + tail mass, resumable) and return ``indices -> SparseTeacher`` aligned with the
+    student's shifted logits (positions 0 .. T-2), for :func:`train_causal_lm`'s ``teacher``."""
+    from edgekd.llm.cache import CacheSettings, build_sparse_cache
+    from edgekd.llm.losses import SparseTeacher
+
+    d = token_data(data["input_ids"], data.get("attention_mask"), data.get("labels"))
+    n = d["input_ids"].shape[0]
+    batches = [{"input_ids": d["input_ids"][i:i + batch_size], "attention_mask": d["attention_mask"][i:i + batch_size]}
+               for i in range(0, n, batch_size)]
+    dev = next(teacher.parameters()).device
+    teacher.eval()
+
+    def logits_fn(ids: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        return teacher(input_ids=ids.to(dev), attention_mask=am.to(dev), use_cache=False).logits.float().cpu()
+
+    cache = build_sparse_cache(logits_fn, batches, cache_dir, teacher_id=teacher_id or teacher_fingerprint(teacher),
+                               settings=CacheSettings(topk=topk, temperature=temperature))
+
+    def get(idx: list[int]) -> SparseTeacher:
+        rows = []
+        for i in idx:
+            st = cache[i // batch_size]
+            r = i % batch_size
+            rows.append([st.topk_ids[r, :-1], st.topk_logprobs[r, :-1], st.tail_logmass[r, :-1]])
+        return SparseTeacher(*(torch.stack(col) for col in zip(*rows)), temperature=float(temperature))
+
+    get.cache = cache  # type: ignore[attr-defined]
+    return get
+
+
 def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], *, teacher: Any = None,
                     config: LLMTrainConfig | None = None, eval_data: Mapping[str, torch.Tensor] | None = None,
                     checkpoint_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
-                    progress: bool = True, desc: str = "llm") -> LLMTrainResult:
+                    cache_dir: str | None = None, progress: bool = True, desc: str = "llm") -> LLMTrainResult:
     """Train ``student`` in place on ``data`` (``input_ids`` / ``attention_mask`` / ``labels``, see
     :func:`token_data`) with ``config.loss``; see the module doc. ``eval_data``: held-out set whose
-    loss / perplexity is measured before and after (and every ``config.loop.eval_every`` steps)."""
+    loss / perplexity is measured before and after (and every ``config.loop.eval_every`` steps).
+    ``cache_dir`` (with a teacher model): run the teacher once into the sparse cache there
+    (``config.cache_topk`` tokens per position, :func:`cached_teacher`) instead of every step."""
     cfg = config or LLMTrainConfig()
     cfg.validate()
     d = token_data(data["input_ids"], data.get("attention_mask"), data.get("labels"))
@@ -211,6 +260,9 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
     if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
         raise EdgekdValueError(f"train_causal_lm: teacher vocabulary {t_vocab} != student vocabulary {s_vocab} "
                                "(no token mapping)")
+    if cache_dir is not None and isinstance(teacher, torch.nn.Module):
+        teacher = cached_teacher(teacher, d, cache_dir, topk=cfg.cache_topk, temperature=cfg.temperature,
+                                 batch_size=cfg.eval_batch_size)
     get_teacher = _teacher_fn(teacher)
     loop = cfg.loop
     n = d["input_ids"].shape[0]

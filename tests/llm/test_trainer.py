@@ -144,3 +144,39 @@ def test_bad_inputs(make_llama):
         token_data(ids[:, :1])
     with pytest.raises(EdgekdValueError, match="non-empty"):
         token_data(ids[:0])
+
+
+def test_sparse_cache_runs_the_teacher_once(tmp_path, make_llama):
+    data = _data()
+    teacher = make_llama(seed=5)
+    calls = []
+    teacher.register_forward_hook(lambda m, a, o: calls.append(1))
+    cfg = _cfg("forward_kl", batch_size=2, grad_accum=2, steps=4)  # 2 epochs over 8 sequences
+    cfg.cache_topk, cfg.eval_batch_size = 48, 4  # k = V: the sparse teacher is exact
+    a = make_llama(seed=1)
+    ra = train_causal_lm(a, data, teacher=teacher, config=cfg, cache_dir=str(tmp_path), progress=False)
+    assert len(calls) == 2  # 8 sequences in teacher batches of 4, once, not once per micro-batch
+    b = make_llama(seed=1)
+    rb = train_causal_lm(b, data, teacher=teacher, config=copy.deepcopy(cfg), progress=False)  # dense, every step
+    assert len(calls) == 2 + 8
+    assert ra.loop.losses == pytest.approx(rb.loop.losses, rel=1e-5)
+    for x, y in zip(_params(a), _params(b)):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    c = make_llama(seed=1)  # a second run reads the finished cache: no teacher pass at all
+    train_causal_lm(c, data, teacher=teacher, config=copy.deepcopy(cfg), cache_dir=str(tmp_path), progress=False)
+    assert len(calls) == 2 + 8
+
+
+def test_sparse_cache_top_k_is_close_to_dense(tmp_path, make_llama):
+    from edgekd.llm.trainer import cached_teacher
+
+    data = _data()
+    teacher = make_llama(seed=5)
+    get = cached_teacher(teacher, data, str(tmp_path), topk=8, batch_size=3)
+    st = get([6, 1])
+    assert st.topk_ids.shape == (2, 8, 8) and st.tail_logmass.shape == (2, 8)
+    with torch.no_grad():
+        dense = torch.log_softmax(teacher(input_ids=data["input_ids"][[6, 1]],
+                                          attention_mask=data["attention_mask"][[6, 1]]).logits[:, :-1], -1)
+    valid = data["attention_mask"][[6, 1], :-1].bool()
+    torch.testing.assert_close(st.topk_logprobs[valid], dense.topk(8, -1).values[valid], rtol=1e-5, atol=1e-5)
