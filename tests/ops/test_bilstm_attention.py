@@ -131,6 +131,33 @@ def test_opcheck():
         torch.ops.edgekd.bilstm_attention_forward.default, (ids, mask, emb, *lstm, W, v, cW, cb, packed)
     )
     torch.library.opcheck(torch.ops.edgekd.bilstm_attention_pack.default, (*lstm, W))
+    torch.library.opcheck(torch.ops.edgekd.bilstm_attention_check_inputs.default, (ids, mask, 30))
+
+
+@needs_ext
+def test_check_inputs_cpp_and_tensor_ops_agree():
+    # the one-pass C++ check and the tensor-op kernel (CUDA, no _C) accept and reject the same batches
+    from edgekd.ops.bilstm_attention import _check_inputs_tensor_ops
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        B, T = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
+        ids, mask = _batch(B, T, seed=trial)
+        kind = trial % 4
+        if kind == 1:  # random 0/1 pattern: usually not post-padded or with empty rows
+            mask = (torch.rand(B, T, generator=g) < 0.5).long()
+        elif kind == 2:  # an id out of range somewhere (also at padding)
+            ids = ids.clone()
+            ids[int(torch.randint(0, B, (1,), generator=g)), int(torch.randint(0, T, (1,), generator=g))] = 200
+        elif kind == 3:
+            mask = mask.bool()
+        fast = torch.ops.edgekd.bilstm_attention_check_inputs.default(ids, mask, 200)
+        slow = _check_inputs_tensor_ops(ids, mask, 200)
+        assert fast[2].dim() == slow[2].dim() == 0 and fast[2].dtype == slow[2].dtype == torch.int64
+        assert (int(fast[2]) >= 0) == (int(slow[2]) >= 0), (ids, mask)
+        if fast[2] >= 0:
+            assert int(fast[2]) == int(slow[2]) == int(mask.sum())
+            assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]) and fast[1].dtype == torch.bool
 
 
 def test_inference_only():
@@ -191,8 +218,8 @@ def _bad(name):
         ("id_high", r"\[0, 30\)"),
         ("id_negative", r"\[0, 30\)"),
         ("ids_int32", "int64"),
-        ("ids_rank", "same shape"),
-        ("batch_mismatch", "same shape"),
+        ("ids_rank", "rank 2"),
+        ("batch_mismatch", "does not match"),
         ("float_mask", "bool or integer"),
         ("empty", "empty"),
         ("w_hh_shape", "w_hh"),
@@ -284,7 +311,7 @@ def test_student_weight_cache_follows_updates():
             assert_close_f64(getattr(a, name), getattr(b, name), n=n_acc(9, 24, 50, 100), scale=scale, name=name)
 
     check()
-    packed_before = m._fused_pack[1]
+    packed_before = m._fused_pack.packed
     # an optimizer step updates the weights in place
     m.train()
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
@@ -292,7 +319,7 @@ def test_student_weight_cache_follows_updates():
     opt.step()
     m.eval()
     check()
-    assert m._fused_pack[1] is not packed_before
+    assert m._fused_pack.packed is not packed_before
     # load_state_dict copies in place; direct in-place edits too
     other = _student(seed=3)
     m.load_state_dict(other.state_dict())
@@ -326,6 +353,28 @@ def test_student_fused_path_bad_inputs(mutate, match):
     ids, mask = _batch(2, 6)
     with torch.inference_mode(), pytest.raises(EdgekdValueError, match=match):
         m(*mutate(ids, mask))
+
+
+def test_cuda_without_triton_names_the_op_and_the_fix(monkeypatch):
+    # the one policy of every op for CUDA tensors when Triton is not importable
+    import importlib
+
+    from edgekd.errors import EdgekdError
+    from edgekd.ops._common import MissingTritonError, triton_kernels
+
+    real = importlib.import_module
+
+    def no_triton(name, *args):
+        if name.startswith("edgekd.kernels."):
+            raise ImportError("No module named 'triton'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_triton)
+    for module, op in [("masked_bilstm", "masked_bilstm"), ("masked_attention_pool", "masked_attention_pool"),
+                       ("perturbed_topk", "perturbed_topk_gather")]:
+        with pytest.raises(MissingTritonError, match=rf"'{op}'.*pip install edgekd\[gpu\]") as info:
+            triton_kernels(module, op)
+        assert isinstance(info.value, EdgekdError) and isinstance(info.value, ImportError)
 
 
 def test_fallback_without_extension():

@@ -386,36 +386,6 @@ def _train(m, ids, mask, labels):
     assert acc > 0.8  # fits its training slice
 
 
-def test_fast_and_tensor_input_checks_agree():
-    # the one-pass C++ check (when built) and the tensor-op check accept and reject the same batches
-    m = make_model()
-    g = torch.Generator().manual_seed(0)
-    for trial in range(60):
-        B, T = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
-        ids, mask = make_batch(B, T, 40, seed=trial, full_first=False)
-        kind = trial % 4
-        if kind == 1:  # random 0/1 pattern: usually not post-padded or with empty rows
-            mask = (torch.rand(B, T, generator=g) < 0.5).long()
-        elif kind == 2:  # an id out of range somewhere (also at padding)
-            ids = ids.clone()
-            ids[int(torch.randint(0, B, (1,), generator=g)), int(torch.randint(0, T, (1,), generator=g))] = 40
-        elif kind == 3:
-            mask = mask.bool()
-        try:
-            lengths, mask_b = m.check_inputs(ids, mask)
-            fast_ok = True
-        except EdgekdValueError:
-            fast_ok = False
-        try:
-            lengths_t, mask_t = m._check_values(ids, mask)
-            slow_ok = True
-        except EdgekdValueError:
-            slow_ok = False
-        assert fast_ok == slow_ok, (ids, mask)
-        if fast_ok:
-            assert torch.equal(lengths, lengths_t) and torch.equal(mask_b, mask_t) and mask_b.dtype == torch.bool
-
-
 @needs_native
 def test_native_student_compiles_fullgraph():
     torch._dynamo.reset()
