@@ -3,7 +3,6 @@ flags over it, on tiny random BERTs and a dozen rows."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 
 import pytest
@@ -38,13 +37,8 @@ def classifier_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def train_csv(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    with open(d / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(CLI_TEXTS, CLI_LABELS))
-    return d / "train.csv"
+def train_csv(data):
+    return data / "train.csv"
 
 
 def _weights(d):
