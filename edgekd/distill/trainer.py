@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edgekd.training import load_optimizer, rng_state, save_optimizer, set_rng_state
+from edgekd.training import load_optimizer, rng_state, save_optimizer, seed_everything, set_rng_state
 from edgekd.distill.losses import METHODS, VARIANTS, distillation_loss
 from edgekd.distill.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
@@ -155,12 +154,6 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -261,7 +254,7 @@ def train_student(
     bad = 0
     done = False
 
-    _seed_all(cfg.seed)
+    seed_everything(cfg.seed)
     opt = _make_optimizer(cfg, student.parameters())
     state_file = last_dir / "trainer_state.json"
     if resume and state_file.is_file():
