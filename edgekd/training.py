@@ -389,8 +389,8 @@ def train_loop(
         raise EdgekdValueError(f"train_loop: num_examples must be an int >= 1, got {num_examples!r}")
     if cfg.eval_every is not None and evaluate is None:
         raise EdgekdValueError("train_loop: LoopConfig.eval_every needs an evaluate function (a dev set)")
-    if stop_after is not None and checkpoint_dir is None:
-        raise EdgekdValueError("train_loop: stop_after needs a checkpoint_dir to resume from")
+    if (stop_after is not None or resume) and checkpoint_dir is None:
+        raise EdgekdValueError("train_loop: stop_after and resume need a checkpoint_dir (to resume from)")
     generators = dict(generators or {})
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     loss_fn = loss_fn or _default_loss

@@ -50,9 +50,9 @@ def _limit_flags(p: argparse.ArgumentParser, prefix: str = "", what: str = "rows
             print(_LIMIT_NOTE.format(flag=option_string, new=smp), file=sys.stderr)
             setattr(namespace, self.dest, values)
 
-    p.add_argument(lim, dest=f"{dest}limit", type=int, action=Limit,
+    p.add_argument(lim, dest=f"{dest}limit", type=int, action=Limit, metavar="N",
                    help=f"use the FIRST N {what} of the file (until this release: a stratified sample, now {smp})")
-    p.add_argument(smp, dest=f"{dest}sample", type=int,
+    p.add_argument(smp, dest=f"{dest}sample", type=int, metavar="N",
                    help=f"use a class-stratified random sample of N {what} (seeded by --seed)")
 
 
