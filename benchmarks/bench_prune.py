@@ -148,8 +148,11 @@ def cmd_train(args) -> None:
         pruned, steps, train_s = res.model, res.loop.steps, res.loop.seconds
     else:
         y = torch.tensor(labels)
-        res = train_loop(model, len(texts), lambda idx: {**encode(tok, [texts[j] for j in idx], args.max_len),
-                                                         "labels": y[idx]}, loop, order=order, desc=f"train {args.name}")
+
+        def make_batch(idx: list[int]) -> dict:
+            return {**encode(tok, [texts[j] for j in idx], args.max_len), "labels": y[idx]}
+
+        res = train_loop(model, len(texts), make_batch, loop, order=order, desc=f"train {args.name}")
         steps, train_s = res.steps, res.seconds
     net = pruned if pruned is not None else model
     test_texts, test_labels = load_data("test", args.test_n, args.seed + 1)
