@@ -26,8 +26,8 @@ from typing import Any
 
 from edgekd.errors import EdgekdValueError
 
-_LIMIT_NOTE = ("edgekd: warning: {flag} now takes the FIRST N rows of the file; the class-stratified sample "
-               "it took before is {new} N")
+_LIMIT_NOTE = ("edgekd: note: {verb} {flag} now takes the FIRST N rows; {new} N takes the class-stratified sample "
+               "it took before")
 
 
 # ----------------------------------------------------------------------------------- arguments
@@ -47,7 +47,7 @@ def _limit_flags(p: argparse.ArgumentParser, prefix: str = "", what: str = "rows
 
     class Limit(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
-            print(_LIMIT_NOTE.format(flag=option_string, new=smp), file=sys.stderr)
+            print(_LIMIT_NOTE.format(verb=parser.prog, flag=option_string, new=smp), file=sys.stderr)
             setattr(namespace, self.dest, values)
 
     p.add_argument(lim, dest=f"{dest}limit", type=int, action=Limit, metavar="N",
@@ -233,7 +233,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     model_names = custom_label_names(cfg) if is_classifier else None
     given = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
     if given is not None and (not all(given) or len(set(given)) != len(given)):
-        raise EdgekdValueError(f"--label-names: expected distinct, non-empty comma-separated names, got {args.label_names!r}")
+        raise EdgekdValueError("--label-names: expected distinct, non-empty comma-separated names, "
+                               f"got {args.label_names!r}")
     if given is not None and model_names is not None and given != model_names:
         raise EdgekdValueError(f"--label-names: {given} differ from the classifier's labels {model_names} in {src}")
     train = _load_data(args.train, "--train", args, given or model_names, args.limit, args.sample)
