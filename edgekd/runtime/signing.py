@@ -125,3 +125,70 @@ def verify_signature(digest: str, sig_file: bytes | None, trusted_keys: Iterable
             continue
     raise BundleError(f"bundle: the signature (key id {str(sig.get('key_id'))[:16]!r}) does not verify with any "
                       f"trusted key, or the manifest was changed after signing")
+
+
+# ------------------------------------------------------------------------------ whole bundles
+def verify_bundle(path: str | os.PathLike, trusted_keys: Iterable[KeyLike] | None = None,
+                  limits: Any = None) -> dict[str, Any]:
+    """Check everything in a bundle directory or zip: manifest (schema, digest, signature when
+    ``trusted_keys``), every file's sha256 (streaming), every variant's external data. A zip's
+    model files are written to a temporary directory one at a time for the external-data scan.
+    Returns a summary (``files``, ``variants``, ``digest``, ``signed``)."""
+    from edgekd.runtime import archive, bundle
+
+    limits = limits or archive.DEFAULT_LIMITS
+    p = pathlib.Path(path)
+    if p.is_dir():
+        manifest = bundle.read_and_verify(p, trusted_keys=trusted_keys, limits=limits)
+        signed = (p / bundle.SIGNATURE_FILE).is_file()
+    elif p.is_file():
+        zf, entries = archive.open_zip(p, limits)
+        with zf:
+            manifest = bundle.check_manifest(*archive.read_meta(zf, entries, limits), limits, trusted_keys)
+            archive.check_listing(entries, manifest["files"])
+            models = {v["file"] for v in manifest["variants"]}
+            archive.hash_entries(zf, entries, manifest["files"], [r for r in manifest["files"] if r not in models])
+            for rel in sorted(models):
+                tmp = archive.TempDir(prefix="edgekd-verify-")
+                try:
+                    archive.extract_entries(zf, entries, manifest["files"], [rel], tmp.path)
+                    bundle.external_data_files(tmp.path / rel, tmp.path, manifest["files"])
+                finally:
+                    tmp.cleanup()
+            signed = bundle.SIGNATURE_FILE in entries
+    else:
+        raise BundleError(f"bundle: {path} does not exist")
+    from edgekd.runtime.manifest import manifest_digest
+
+    return {"bundle": str(p), "files": len(manifest["files"]), "variants": [v["id"] for v in manifest["variants"]],
+            "digest": manifest_digest(manifest), "signed": signed,
+            "signature_checked": trusted_keys is not None}
+
+
+def sign_bundle(path: str | os.PathLike, key_path: str | os.PathLike) -> str:
+    """Verify the bundle (directory or zip), then write ``manifest.sig`` signed with the private
+    key at ``key_path`` (a zip is rewritten with the new entry). Returns the key id."""
+    import shutil
+    import zipfile
+
+    from edgekd.runtime.bundle import SIGNATURE_FILE
+
+    key = load_private_key(key_path)
+    summary = verify_bundle(path)
+    sig = sign_digest(summary["digest"], key)
+    p = pathlib.Path(path)
+    if p.is_dir():
+        (p / SIGNATURE_FILE).write_bytes(sig)
+    else:
+        tmp = p.with_name(p.name + ".tmp")
+        with zipfile.ZipFile(p) as zin, zipfile.ZipFile(tmp, "w", allowZip64=True) as zout:
+            for info in zin.infolist():
+                if info.filename == SIGNATURE_FILE:
+                    continue
+                with zin.open(info) as src, zout.open(info, "w", force_zip64=info.file_size > (1 << 31)) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            info = zipfile.ZipInfo(SIGNATURE_FILE, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr, info.create_system = 0o100644 << 16, 3
+            zout.writestr(info, sig, compress_type=zipfile.ZIP_DEFLATED)
+        os.replace(tmp, p)
+    return key_id(key.public_key())
