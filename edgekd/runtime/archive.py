@@ -119,7 +119,7 @@ def read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> by
         raise BundleError(f"bundle: {info.filename} is {info.file_size} bytes, over the limit of {max_bytes}")
     try:
         with zf.open(info) as src:
-            data = src.read(max_bytes + 1)
+            data = src.read(info.file_size + 1)  # ZipExtFile stops at the declared size
     except ZIP_ERRORS as exc:
         raise BundleError(f"bundle zip: entry {info.filename!r} is corrupt: {exc}") from exc
     if len(data) > max_bytes:

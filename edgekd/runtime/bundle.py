@@ -108,7 +108,10 @@ def _read_small(p: pathlib.Path, limit: int, what: str) -> bytes | None:
     if size > limit:
         raise BundleError(f"bundle: {what} is {size} bytes, over the limit of {limit}")
     with open(p, "rb") as fh:
-        return fh.read(limit + 1)
+        data = fh.read(size + 1)  # not limit + 1: read() allocates what it is asked for
+    if len(data) > limit:
+        raise BundleError(f"bundle: {what} grew over the limit of {limit} bytes while being read")
+    return data
 
 
 def check_manifest(raw: bytes, digest: bytes | None, sig: bytes | None, limits: BundleLimits,
