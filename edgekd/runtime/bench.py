@@ -140,7 +140,7 @@ def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: st
         C = len(bundle.label_names)
         bad = np.flatnonzero((y < 0) | (y >= C)) if np.issubdtype(y.dtype, np.integer) else np.arange(len(y))
         if bad.size:
-            raise EdgekdValueError(f"labels: label {y[bad[0]]!r} of text {bad[0]} is not an integer in [0, {C}) "
+            raise EdgekdValueError(f"labels: label {y[bad[0]]} of text {bad[0]} is not an integer in [0, {C}) "
                                    f"(the bundle's labels are {bundle.label_names})")
         preds = np.concatenate([bundle.predict(acc_texts[s:s + 32], explain=False).label_ids
                                 for s in range(0, len(acc_texts), 32)])

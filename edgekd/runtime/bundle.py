@@ -233,6 +233,20 @@ def open_bundle(path: str | os.PathLike, choose: Callable[[dict[str, Any]], dict
     return tmp.path, manifest, variant, tmp
 
 
+def peek_manifest(path: str | os.PathLike, limits: BundleLimits | None = None) -> dict[str, Any]:
+    """The checked manifest (schema and digest) of a bundle directory or zip, without touching
+    its other files (for example to learn the label names before reading a data file)."""
+    limits = limits or DEFAULT_LIMITS
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return read_dir_manifest(p, limits)
+    if not p.is_file():
+        raise BundleError(f"bundle: {path} does not exist")
+    zf, entries = open_zip(p, limits)
+    with zf:
+        return check_manifest(*read_meta(zf, entries, limits), limits, None)
+
+
 def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, limits: BundleLimits | None = None) -> None:
     """Check a bundle zip (central directory, limits, manifest, listing) and extract all of it into
     ``dest``, hashing each file while writing."""

@@ -119,12 +119,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace):
+def _data(args: argparse.Namespace, bundles: list[str]):
+    """--data read and checked by name; labels may be integers or the bundles' label names, and
+    must lie in range for every bundle."""
     if not args.data:
         return None, None
     from edgekd.runtime.bench import load_texts
+    from edgekd.runtime.bundle import peek_manifest
 
-    return load_texts(args.data, args.limit, text_column=args.text_column, label_column=args.label_column)
+    names = [peek_manifest(b)["label_names"] for b in bundles]
+    return load_texts(args.data, args.limit, text_column=args.text_column, label_column=args.label_column,
+                      label_names=names[0] if names and all(n == names[0] for n in names) else None,
+                      num_labels=min((len(n) for n in names), default=None))
 
 
 def _write(args: argparse.Namespace, obj: Any, md: str) -> None:
@@ -138,7 +144,7 @@ def _write(args: argparse.Namespace, obj: Any, md: str) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from edgekd.runtime.bench import bench, bench_markdown, record_profile
 
-    texts, labels = _data(args)
+    texts, labels = _data(args, [args.bundle])
     r = bench(args.bundle, target=args.target, precision=args.precision, batches=args.batches, threads=args.threads,
               texts=texts, labels=labels, min_time=args.min_time, count_instructions=args.count_instructions)
     _write(args, r, bench_markdown(r))
@@ -171,7 +177,7 @@ def _bench_json(entry: str) -> dict[str, Any]:
 def _compare(args: argparse.Namespace) -> int:
     from edgekd.runtime.bench import bench_subprocess, compare_markdown
 
-    texts, labels = _data(args)
+    texts, labels = _data(args, [_split_entry(e)[0] for e in args.entries if not e.endswith(".json")])
     baseline = 0
     if args.baseline is not None:
         if args.baseline not in args.entries:

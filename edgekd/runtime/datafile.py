@@ -99,7 +99,7 @@ def _rows(path: Any, text: str, suffix: str, text_column: str, label_column: str
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise _bad(path, f"line {reader.line_num}: {exc} (fields are limited to {MAX_FIELD_CHARS:,} "
+                raise _bad(path, f"line {reader.line_num + 1}: {exc} (fields are limited to {MAX_FIELD_CHARS:,} "
                                  f"characters)") from None
             where = f"line {reader.line_num}"
             if row.get(text_column) is None:

@@ -7,6 +7,7 @@ import json
 import pathlib
 import shutil
 import stat
+import warnings
 import zipfile
 from typing import Any, Callable
 
@@ -36,7 +37,8 @@ def save(d: pathlib.Path, m: Any, digest: bool = True) -> None:
 
 
 def rezip(src_zip: pathlib.Path, dst: pathlib.Path, extra=(), drop=(), store: bool = False) -> pathlib.Path:
-    with zipfile.ZipFile(src_zip) as zin, zipfile.ZipFile(dst, "w") as zout:
+    with zipfile.ZipFile(src_zip) as zin, zipfile.ZipFile(dst, "w") as zout, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # duplicate names are one of the cases
         for info in zin.infolist():
             if info.filename in drop:
                 continue
