@@ -8,7 +8,7 @@ from scratch (the "teacher" stand-in, 2 epochs). Both are compiled for x86_64 wi
 ``int8_scheme="dynamic"`` and ``"static"`` (calibrated on 512 training texts); every int8 variant
 then classifies the validation texts at batch 1 and in batches of 32, and the labels are compared.
 
-    OMP_NUM_THREADS=1 python benchmarks/int8_batch_invariance.py [--out DIR] [--limit N]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/int8_batch_invariance.py [--out DIR] [--limit N]
 
 Prints and writes ``benchmarks/results/int8_batch_invariance.md`` (timings on a shared 2-core
 machine are indicative only).
@@ -173,7 +173,7 @@ def main() -> None:
     md = ["# int8 label flips, batch 1 vs batch 32 (TFNS validation)", "",
           f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, {platform.processor() or platform.machine()}, "
           f"1 onnxruntime thread, shared 2-core machine (timings indicative). Models trained here for "
-          f"{args.epochs} epochs (see the script's doc). Command: `OMP_NUM_THREADS=1 python "
+          f"{args.epochs} epochs (see the script's doc). Command: `OMP_NUM_THREADS=1 PYTHONPATH=. python "
           f"benchmarks/int8_batch_invariance.py`", "",
           "| model | variant | int8 scheme | file bytes | flips b1 vs b32 | texts | accuracy b1 | accuracy b32 | ms/text b1 | ms/text b32 |",
           "|---|---|---|---|---|---|---|---|---|---|"]
