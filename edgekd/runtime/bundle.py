@@ -136,10 +136,25 @@ def read_dir_manifest(root: pathlib.Path, limits: BundleLimits = DEFAULT_LIMITS,
     return check_manifest(raw, digest, sig, limits, trusted_keys)
 
 
-def verify_dir_files(root: pathlib.Path, manifest: dict[str, Any], hash_names: Iterable[str] | None = None) -> None:
-    """Every listed file present with its size, no unlisted file, no link; the sha256 of
-    ``hash_names`` (default: every listed file) checked by streaming."""
+def verify_dir_files(root: pathlib.Path, manifest: dict[str, Any], hash_names: Iterable[str] | None = None,
+                     limits: BundleLimits = DEFAULT_LIMITS) -> None:
+    """Every listed file present with its size, no unlisted file, no link, at most
+    ``limits.max_entries`` entries; the sha256 of ``hash_names`` (default: every listed file)
+    checked by streaming."""
     files = manifest["files"]
+    if len(files) > limits.max_entries:
+        raise BundleError(f"bundle: the manifest lists {len(files)} files, over the limit of {limits.max_entries}")
+    entries = []
+    for p in root.rglob("*"):  # counted first: a folder of a million files is refused quickly
+        entries.append(p)
+        if len(entries) > limits.max_entries + len(META_FILES):
+            raise BundleError(f"bundle: {root} holds over {limits.max_entries} entries")
+    for p in entries:
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise BundleError(f"bundle: {rel!r} is a symbolic link; links are not allowed")
+        if not p.is_dir() and rel not in META_FILES and rel not in files:
+            raise BundleError(f"bundle: file {rel!r} is not listed in the manifest")
     for rel, entry in files.items():
         p = root / rel
         if p.is_symlink():
@@ -151,12 +166,6 @@ def verify_dir_files(root: pathlib.Path, manifest: dict[str, Any], hash_names: I
     for rel in (files if hash_names is None else hash_names):
         if sha256_file(root / rel) != files[rel]["sha256"]:
             raise BundleError(f"bundle: checksum mismatch for {rel!r}: the file was changed or corrupted")
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            raise BundleError(f"bundle: {rel!r} is a symbolic link; links are not allowed")
-        if not p.is_dir() and rel not in META_FILES and rel not in files:
-            raise BundleError(f"bundle: file {rel!r} is not listed in the manifest")
 
 
 def external_data_files(model_path: pathlib.Path, root: pathlib.Path, listed: Iterable[str]) -> list[str]:
@@ -205,10 +214,10 @@ def open_bundle(path: str | os.PathLike, choose: Callable[[dict[str, Any]], dict
         manifest = read_dir_manifest(p, limits, trusted_keys)
         variant = choose(manifest)
         need = variant_files(manifest, variant)
-        verify_dir_files(p, manifest, None if verify == "all" else need)
+        verify_dir_files(p, manifest, None if verify == "all" else need, limits)
         external = external_data_files(p / variant["file"], p, manifest["files"])
         if verify == "selected":
-            verify_dir_files(p, manifest, external)
+            verify_dir_files(p, manifest, external, limits)
         return p, manifest, variant, None
     if not p.exists():
         raise BundleError(f"bundle: {path} does not exist")
@@ -268,8 +277,9 @@ def read_and_verify(root: str | os.PathLike, trusted_keys: Iterable[Any] | None 
     """Read ``manifest.json`` of an (extracted) bundle directory and verify everything (every file's
     hash, every variant's external data); returns the manifest."""
     root = pathlib.Path(root)
-    manifest = read_dir_manifest(root, limits or DEFAULT_LIMITS, trusted_keys)
-    verify_dir_files(root, manifest)
+    limits = limits or DEFAULT_LIMITS
+    manifest = read_dir_manifest(root, limits, trusted_keys)
+    verify_dir_files(root, manifest, None, limits)
     for v in manifest["variants"]:
         external_data_files(root / v["file"], root, manifest["files"])
     return manifest

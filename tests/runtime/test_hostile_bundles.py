@@ -68,6 +68,17 @@ def test_many_entries_refused_fast(student_bundle, tmp_path):
     assert time.perf_counter() - t0 < 2.0
 
 
+def test_directory_entry_limit(student_bundle, tmp_path):
+    from edgekd.runtime.archive import BundleLimits
+
+    d = copy_dir(student_bundle, tmp_path)
+    (d / "junk").mkdir()
+    for k in range(30):
+        (d / "junk" / f"{k}").write_bytes(b"")
+    with pytest.raises(BundleError, match="holds over 20 entries"):
+        Bundle.load(d, limits=BundleLimits(max_entries=20))
+
+
 def test_digest_allows_reformatting(student_bundle, tmp_path):
     """The digest covers the canonical JSON form: re-indenting manifest.json is not an edit."""
     d = copy_dir(student_bundle, tmp_path)
