@@ -24,8 +24,8 @@ import types
 import typing
 from typing import Any, Iterable
 
-__all__ = ["FLAGS", "add_flags", "add_alias", "add_dataclass_flags", "dataclass_values", "parse_list",
-           "deprecation", "help_of"]
+__all__ = ["FLAGS", "OLD_SPELLINGS", "add_flags", "add_alias", "add_old_spellings", "add_dataclass_flags",
+           "dataclass_values", "parse_list", "deprecation", "help_of", "note_limit"]
 
 
 def parse_list(text: str) -> list[str]:
@@ -96,6 +96,30 @@ def add_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str | N
                         **{**base, **kwargs})
 
 
+# old spelling -> canonical flag, for every verb
+OLD_SPELLINGS: dict[str, str] = {
+    "--max-len": "--max-length",
+    "--batch": "--batch-size",
+    "--text-col": "--text-column",
+    "--label-col": "--label-column",
+}
+
+
+def add_old_spellings(parser: argparse.ArgumentParser) -> None:
+    """Add the hidden deprecated :data:`OLD_SPELLINGS` of the canonical flags ``parser`` has."""
+    have = parser._option_string_actions  # noqa: SLF001  (argparse has no public lookup)
+    for old, new in OLD_SPELLINGS.items():
+        if new in have and old not in have:
+            add_alias(parser, old, new, dest=have[new].dest, type=have[new].type)
+
+
+def note_limit(args: argparse.Namespace, verb: str) -> None:
+    """One stderr line for verbs whose ``--limit`` used to take a stratified sample."""
+    if getattr(args, "limit", None) is not None:
+        print(f"edgekd: note: {verb} --limit now takes the FIRST N rows; --sample N takes the class-stratified "
+              "sample it took before", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------------------------
 # flags built from dataclass fields
 
@@ -159,6 +183,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str 
         dest = _dest(flag)
         tp, is_list = _scalar_type(hints.get(f.name, str))
         kw: dict[str, Any] = dict(dest=dest, default=None, help=help_of(f))
+        if flag in FLAGS and not f.metadata.get("help"):
+            kw["help"] = f"{FLAGS[flag]['help']} ({help_of(f)})"
         if is_list:
             kw["type"] = parse_list
         elif tp is bool:
