@@ -83,11 +83,13 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
     else:
         args = [tp]
+    base = args[0] if len(args) == 1 else None
+    if optional and base is not str and isinstance(value, str) and value.strip().lower() == "none":
+        value = None  # TOML has no null: "none" unsets an optional number, list or flag
     if value is None:
         if optional:
             return None
         raise EdgekdValueError(f"{where}: {name} cannot be empty")
-    base = args[0] if len(args) == 1 else None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (base in (int, float, bool, str) and not isinstance(value, base)) or (base in (int, float) and isinstance(value, bool)):
@@ -162,16 +164,26 @@ def _toml_value(v: Any) -> str:
     raise EdgekdValueError(f"to_toml: cannot write {v!r}")
 
 
-def to_toml(obj: Any) -> str:
-    """Write a (nested) settings dataclass as TOML; ``None`` values are left out (TOML has no null,
-    and None is every optional field's default)."""
-    top, tables = [], []
+def _lines(obj: Any) -> list[str]:
+    out = []
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):
-            body = [f"{g.name} = {_toml_value(getattr(v, g.name))}" for g in dataclasses.fields(v)
-                    if getattr(v, g.name) is not None]
-            tables.append("\n".join([f"[{f.name}]"] + body))
-        elif v is not None:
-            top.append(f"{f.name} = {_toml_value(v)}")
-    return "\n\n".join(([("\n".join(top))] if top else []) + tables) + "\n"
+            continue
+        if v is None:
+            if f.default is None:
+                continue  # the default: nothing to write
+            v = "none"  # TOML has no null; read back as None (see _coerce)
+        out.append(f"{f.name} = {_toml_value(v)}")
+    return out
+
+
+def to_toml(obj: Any) -> str:
+    """Write a (nested) settings dataclass as TOML that :func:`from_mapping` reads back to an equal
+    object (a ``None`` that is the default is left out; another ``None`` is written as ``"none"``)."""
+    parts = ["\n".join(_lines(obj))] if _lines(obj) else []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            parts.append("\n".join([f"[{f.name}]", *_lines(v)]))
+    return "\n\n".join(parts) + "\n"

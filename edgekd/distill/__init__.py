@@ -9,7 +9,7 @@ commands, and the torch-free commands must not pay for torch).
 from edgekd._lazy import lazy_package
 
 _EXPORTS = {
-    **dict.fromkeys(["Distiller", "MethodResult", "distill", "minilm_dir", "profile_config"], "api"),
+    **dict.fromkeys(["Distiller", "MethodResult", "distill", "minilm_dir"], "api"),
     **dict.fromkeys(["ALL_METHODS", "DistillConfig", "TrainSettings", "EvalConfig", "RunConfig"], "config"),
     **dict.fromkeys(["format_table", "write_results"], "report"),
     **dict.fromkeys(["student_attention_logits", "student_integrated_gradients"], "attributions"),

@@ -37,13 +37,6 @@ def minilm_dir() -> Path | None:
     return d if (d / "config.json").is_file() else None
 
 
-def profile_config(profile: str, **overrides: Any) -> DistillConfig:
-    """Deprecated home of :func:`edgekd.pipeline.profile_config` (the profiles moved to the pipeline)."""
-    from edgekd.pipeline.profiles import profile_config as impl
-
-    return impl(profile, **overrides)
-
-
 @dataclass
 class MethodResult:
     method: str

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -160,8 +159,3 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"HTML heatmap: {out}")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from edgekd.cli import main
-
-    sys.exit(main())

@@ -32,7 +32,9 @@ def test_tables_are_the_owning_modules_dataclasses():
 
 def test_toml_round_trip(tmp_path):
     cfg = DistillConfig().override({"train.epochs": 3, "train.methods": ["kl"], "teacher.lr": 1e-4,
-                                    "ig.sample": 500, "data.label_names": ["a", "b"], "run.notes": ["x"]})
+                                    "ig.sample": 500, "data.label_names": ["a", "b"], "run.notes": ["x"],
+                                    "train.grad_clip": None, "student.max_vocab": "none"})
+    assert cfg.train.grad_clip is None and cfg.student.max_vocab is None
     p = tmp_path / "c.toml"
     p.write_text(cfg.to_toml())
     assert DistillConfig.from_toml(p) == cfg

@@ -43,6 +43,23 @@ def test_quick_and_full_settings():
     assert (f.train.epochs, f.train.patience, f.eval.ig_steps, f.run.out) == (30, 5, 50, "runs/demo-full")
 
 
+def test_profiles_hand_the_teacher_annotator_and_trainer_the_settings_of_the_published_runs():
+    """The settings objects whose hashes key the teacher and annotation caches are those of edgekd 0.1's
+    quick and full profiles (so `make demo` reuses the runs on disk and reproduces the tables)."""
+    from edgekd.distill.config import TrainConfig
+    from edgekd.teacher.config import FinetuneConfig, IGConfig
+
+    q, f = profile_config("quick"), profile_config("full")
+    assert q.finetune_config() == FinetuneConfig(epochs=1.0, lr=1e-4, batch_size=16, max_length=64, seed=0,
+                                                 head_lr_multiplier=10.0)
+    assert q.ig_config() == IGConfig(steps=8, batch_size=8)
+    assert q.train_config("kl") == TrainConfig(method="kl", epochs=8, patience=2, seed=0)
+    assert f.finetune_config() == FinetuneConfig(epochs=3.0, lr=5e-5, batch_size=16, max_length=64, seed=0,
+                                                 head_lr_multiplier=10.0)
+    assert f.ig_config() == IGConfig(steps=50, batch_size=4)
+    assert f.train_config("dixtill") == TrainConfig(method="dixtill", epochs=30, patience=5, seed=0)
+
+
 def test_overrides_and_notes_describe_the_settings_used():
     q = profile_config("quick")
     assert any("2,000" in n and "teacher" in n for n in q.run.notes)
@@ -67,9 +84,7 @@ def test_profile_from_a_file_and_unknown_profile(tmp_path):
         profile_config(tmp_path / "missing.toml")
 
 
-def test_old_entry_point_and_flat_keywords_still_work():
-    from edgekd.distill.api import profile_config as old
-
+def test_flat_keywords_still_work():
     with pytest.warns(EdgekdDeprecationWarning):
-        q = old("quick", epochs=2)
+        q = profile_config("quick", epochs=2)
     assert q.train.epochs == 2 and q.ig.steps == 8 and q.run.notes
