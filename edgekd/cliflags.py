@@ -157,6 +157,8 @@ def help_of(f: dataclasses.Field) -> str:
         d = f.default_factory()  # type: ignore[misc]
     else:
         return h
+    if d is None:
+        return h
     if isinstance(d, list):
         d = ",".join(map(str, d))
     return f"{h} (default: {d})".strip() if h else f"default: {d}"
@@ -164,12 +166,13 @@ def help_of(f: dataclasses.Field) -> str:
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
                         only: Iterable[str] | None = None, skip: Iterable[str] = (),
-                        rename: dict[str, str] | None = None, group: str | None = None) -> dict[str, str]:
+                        rename: dict[str, str] | None = None, group: str | None = None,
+                        helps: dict[str, str] | None = None) -> dict[str, str]:
     """Add one ``--<prefix><field>`` flag per field of dataclass ``cls``.
 
     Flags default to None (not given), so the dataclass's own default is the only one; the help
     text shows it. ``only``/``skip`` choose fields, ``rename`` maps a field name to another flag
-    (``{"lr": "--teacher-lr"}``). Returns {argparse dest: field name} for :func:`dataclass_values`.
+    (``{"lr": "--teacher-lr"}``), ``helps`` replaces a field's help text for this verb. Returns {argparse dest: field name} for :func:`dataclass_values`.
     Fields whose metadata has ``cli=False`` are left out."""
     hints = typing.get_type_hints(cls)
     rename = rename or {}
@@ -185,12 +188,16 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str 
         kw: dict[str, Any] = dict(dest=dest, default=None, help=help_of(f))
         if flag in FLAGS and not f.metadata.get("help"):
             kw["help"] = f"{FLAGS[flag]['help']} ({help_of(f)})"
+        if helps and f.name in helps:
+            kw["help"] = helps[f.name]
         if is_list:
-            kw["type"] = parse_list
+            kw.update(type=parse_list, metavar="A,B")
         elif tp is bool:
             kw.update(type=_bool, metavar="true|false")
         else:
             kw["type"] = tp
+            if tp in (int, float):
+                kw["metavar"] = "N" if tp is int else "X"
         if "choices" in f.metadata:
             kw["choices"] = list(f.metadata["choices"])
         target.add_argument(flag, **kw)

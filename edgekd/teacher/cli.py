@@ -26,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = tsub.add_parser("finetune", help="fine-tune a pretrained encoder dir into a classifier")
     enc = cliflags.add_dataclass_flags(f, TeacherConfig, only=["encoder"])
-    data = cliflags.add_dataclass_flags(f, DataConfig, only=["train", "valid", *_DATA_FLAGS, "sample", "valid_sample"])
+    data = cliflags.add_dataclass_flags(f, DataConfig, only=["train", "valid", *_DATA_FLAGS, "sample", "valid_sample"],
+                                        helps={"sample": "fine-tune on a class-stratified sample of N training texts",
+                                               "train": "training data (default: TFNS train)",
+                                               "valid": "validation data for the final scores (default: TFNS "
+                                                        "validation when --train is not given)"})
     cliflags.add_flags(f, "--out", "--device", "--threads",
                        out=dict(required=True, help="output dir (save_pretrained, safetensors)"))
     ft = cliflags.add_dataclass_flags(f, FinetuneConfig, group="fine-tuning settings ([teacher] table of a config)")
@@ -38,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--teacher", required=True, help="fine-tuned sequence-classification dir")
     a.add_argument("--data", help="data to annotate (default: TFNS train)")
     a.add_argument("--tokenizer", help="the student's tokenizer.json (default: built on --data, saved to --out)")
-    adata = cliflags.add_dataclass_flags(a, DataConfig, only=_DATA_FLAGS)
+    adata = cliflags.add_dataclass_flags(a, DataConfig, only=_DATA_FLAGS,
+                                         helps={"limit": "annotate the FIRST N rows of --data"})
     cliflags.add_flags(a, "--out", "--seed", "--device", "--threads",
                        out=dict(required=True, help="cache dir (chunks of safetensors; resumable)"),
                        seed=dict(help="seed of the stratified --ig-sample (default: 0)"))

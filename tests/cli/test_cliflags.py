@@ -76,6 +76,11 @@ def test_dataclass_flags_types_defaults_and_help():
     h = " ".join(p.format_help().split())
     assert "passes over the data (default: 1.0)" in h
     assert "default: a,b" in h
+    q = argparse.ArgumentParser()
+    cliflags.add_dataclass_flags(q, _Cfg, only=["limit", "epochs"], helps={"limit": "first N rows here"})
+    qh = " ".join(q.format_help().split())
+    assert "--limit N first N rows here" in qh and "--epochs X passes over the data (default: 1.0)" in qh
+    assert "--lr" not in qh
     with pytest.raises(SystemExit):
         p.parse_args(["--teacher-baseline", "zeros"])
     with pytest.raises(SystemExit):
