@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
 def test_every_command_parses(parser):
     a = parser.parse_args(["demo", "--profile", "full", "--threads", "2", "--set", "train.epochs=3", "ig.steps=4"])
     assert a.profile == "full" and a.func.__name__ == "cmd_demo" and a.overrides == ["ig.steps=4"]
+    assert a.no_compile is False and parser.parse_args(["demo", "--no-compile"]).no_compile is True
     a = parser.parse_args(["distill", "--config", "c.toml", "--out", "o", "--sample", "100", "--limit", "500"])
     assert a.func.__name__ == "cmd_distill" and (a.out, a.sample, a.limit) == ("o", 100, 500)
     a = parser.parse_args(["teacher", "finetune", "--out", "x", "--sample", "10", "--limit", "20"])

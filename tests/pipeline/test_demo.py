@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgekd.cli import main
 
 
@@ -25,3 +27,29 @@ def test_demo_with_a_profile_file_and_overrides(tmp_path, tiny_teacher_dir, tfns
     assert rep["data"] == {**rep["data"], "train": 90, "valid": 45}
     assert rep["attributed"] == {"train": 25, "valid": 15}
     assert not (out / "bundles").exists()
+
+
+@pytest.mark.slow
+def test_run_pipeline_compiles_and_compares(tmp_path, tiny_teacher_dir, tfns_dir):
+    """The whole job in Python: distillation, then teacher and students -> bundles -> benchmarks -> table."""
+    from edgekd.distill import DistillConfig
+    from edgekd.pipeline import run_pipeline
+
+    cfg = DistillConfig(
+        data={"sample": 60, "valid_sample": 30}, teacher={"model": str(tiny_teacher_dir), "max_length": 24},
+        ig={"steps": 2, "sample": 10, "valid_sample": 10},
+        student={"embeddings": "random", "embed_dim": 8, "hidden_size": 8, "max_length": 16},
+        train={"methods": ["dixtill"], "epochs": 1}, eval={"ig_steps": 2},
+        run={"out": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"), "progress": False},
+    )
+    seen = []
+    res = run_pipeline(cfg, log=None, on_distilled=seen.append,
+                       compile_options={"arm64": False, "bench_texts": 8, "min_time": 0.01})
+    assert seen == [res["report"]] and [r["method"] for r in res["report"]["rows"]] == ["teacher", "dixtill"]
+    rows = res["compare"]["results"]["x86_64"]
+    assert [(r["name"], r["precision"]) for r in rows] == [
+        ("teacher", "fp32"), ("teacher", "int8"), ("dixtill", "fp32"), ("dixtill", "int8")]
+    assert all(r["accuracy_measured_on"] == "30 labelled texts" for r in rows)
+    bundles = tmp_path / "run" / "bundles"
+    assert (bundles / "compare.md").read_text().startswith("## x86-64")
+    assert {"teacher", "dixtill"} <= {p.name for p in bundles.iterdir()}
