@@ -8,14 +8,16 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     from edgekd.distill.cli import add_config_flags
+    from edgekd.pipeline.profiles import profiles
 
     d = sub.add_parser("demo", help="the main job on TFNS: teacher -> annotations -> 4 students -> bundles -> tables",
                        description="Run the TFNS comparison (none, kl, mse, dixtill) with a shipped profile "
                                    "(edgekd/configs/<profile>.toml), then compile and benchmark every model. "
                                    "Flags and table.key=value items override the profile: "
-                                   "edgekd demo --profile quick train.epochs=3")
+                                   "edgekd demo --profile quick train.epochs=3. The defaults shown below are "
+                                   "those of the settings dataclasses; the profile's own values come first.")
     d.add_argument("--profile", default="quick",
-                   help="a shipped profile (quick, full) or a path to a .toml config (default: quick)")
+                   help=f"a shipped profile ({', '.join(profiles())}) or a path to a .toml config (default: quick)")
     d.add_argument("--no-compile", dest="no_compile", action="store_true",
                    help="skip compiling teacher and students to ONNX bundles and benchmarking them")
     add_config_flags(d)
