@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from edgekd.distill.checkpoint import load_optimizer, rng_state, save_optimizer, set_rng_state
-from edgekd.distill.config import TrainConfig  # noqa: F401  (defined once there; re-exported)
+from edgekd.distill.config import TrainConfig  # defined once there, with the other settings (re-exported)
 from edgekd.distill.losses import distillation_loss
 from edgekd.distill.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
-
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 from edgekd.data.datasets import TextDataset
 from edgekd.data.tokenizer import WordTokenizer
 from edgekd.errors import EdgekdValueError
-from edgekd.teacher.config import IGConfig  # noqa: F401  (defined once there; re-exported)
+from edgekd.teacher.config import IGConfig  # defined once there, with the other teacher settings
 from edgekd.teacher.model import Teacher
 
 _FORMAT_VERSION = 1

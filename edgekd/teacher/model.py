@@ -17,7 +17,7 @@ import torch
 
 from edgekd.data.datasets import TextDataset
 from edgekd.errors import EdgekdValueError
-from edgekd.teacher.config import FinetuneConfig  # noqa: F401  (defined once there; re-exported)
+from edgekd.teacher.config import FinetuneConfig  # defined once there, with the other teacher settings
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _FINETUNE_RECORD = "edgekd_teacher.json"
