@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from edgekd import __version__
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdDeprecationWarning, EdgekdError
 
 # module paths that expose register(subparsers), in the order of the job (and of `edgekd --help`):
 # the main job, its steps, then compiling and running bundles; each area adds its own line
@@ -59,7 +60,21 @@ def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
     return "nested commands: " + ", ".join(nested) + ". Run `edgekd COMMAND --help` for the flags of each."
 
 
+def _show_deprecation(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """Deprecations of old settings and spellings: one ``edgekd: warning:`` line, as for old flags."""
+    if issubclass(category, EdgekdDeprecationWarning):
+        print(f"edgekd: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_deprecation
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -16,14 +16,10 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgekd.errors import EdgekdValueError
+from edgekd.errors import EdgekdDeprecationWarning, EdgekdValueError  # noqa: F401  (re-exported)
 
 __all__ = ["EdgekdDeprecationWarning", "parse_value", "parse_overrides", "load_toml", "from_mapping",
            "apply_overrides", "to_toml", "section_types", "field_names"]
-
-
-class EdgekdDeprecationWarning(FutureWarning):
-    """An old spelling (flat config key, keyword, flag) that still works for one release."""
 
 
 def parse_value(text: str) -> Any:

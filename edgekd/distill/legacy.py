@@ -2,7 +2,7 @@
 
 ``DistillConfig(train_limit=4000)``, a top-level TOML key ``epochs = 8``, a table that prefixed
 its keys (``[annotate] ig_steps = 8``) and ``--set ig_steps=8`` keep working for one release and
-warn once per key with :class:`edgekd.settings.EdgekdDeprecationWarning`.
+warn once per key with :class:`edgekd.errors.EdgekdDeprecationWarning`.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warnings
 from typing import Any
 
 from edgekd.errors import EdgekdValueError
-from edgekd.settings import EdgekdDeprecationWarning
+from edgekd.errors import EdgekdDeprecationWarning
 
 # old flat name -> dotted new name
 FLAT_KEYS: dict[str, str] = {

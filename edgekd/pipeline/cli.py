@@ -31,7 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edgekd.pipeline.run import run_pipeline
 
     cliflags.note_limit(args, "demo")
-    cfg = profile_config(args.profile, overrides_from_args(args))
+    cfg = profile_config(args.profile, overrides_from_args(args), where="command line")
     t0 = time.perf_counter()
     res = run_pipeline(cfg, compile_bundles=not args.no_compile,
                        on_distilled=lambda rep: print_report(rep, cfg, f"TFNS demo ({cfg.run.profile} profile)"))

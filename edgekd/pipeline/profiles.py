@@ -45,16 +45,18 @@ def profile_path(profile: str | os.PathLike) -> Path:
     return Path(str(f))
 
 
-def profile_config(profile: str | os.PathLike, overrides: dict[str, Any] | None = None, **flat: Any) -> DistillConfig:
+def profile_config(profile: str | os.PathLike, overrides: dict[str, Any] | None = None, *, where: str = "override",
+                   **flat: Any) -> DistillConfig:
     """The settings of ``edgekd demo --profile <profile>``, with ``overrides`` applied
-    (``{"train.epochs": 3}``; the old flat keywords ``epochs=3`` still work with a deprecation warning)."""
+    (``{"train.epochs": 3}``; the old flat keywords ``epochs=3`` still work with a deprecation warning).
+    ``where`` names the overrides' source in error messages."""
     path = profile_path(profile)
     cfg = DistillConfig.from_dict(load_toml(path), str(path))
     name = path.stem
     cfg = cfg.override({"run.profile": name})
     items = {**(overrides or {}), **flat}
     if items:
-        cfg = cfg.override(items)
+        cfg = cfg.override(items, where)
     # the notes describe the settings actually used (after command-line overrides), not the defaults
     if cfg.run.notes:
         return cfg

@@ -160,3 +160,13 @@ def test_help_lists_flat_and_nested_verbs_without_torch():
         assert f"\n    {verb} " in out
     flat = " ".join(out.split())
     assert "nested commands: teacher finetune, teacher annotate" in flat
+
+
+def test_old_setting_names_warn_in_one_line(capsys):
+    """An edgekd 0.1 flat name given with --set still works and warns like an old flag; the next bad
+    key then stops the command with one error line."""
+    assert main(["demo", "--set", "epochs=2", "nope.x=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["edgekd: warning: command line: the flat setting 'epochs' is deprecated, use 'train.epochs'",
+                   "edgekd: error: command line: unknown setting 'nope.x' ('nope' is not one of "
+                   "['data', 'teacher', 'ig', 'student', 'train', 'eval', 'run'])"]
