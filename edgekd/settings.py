@@ -164,7 +164,7 @@ def _lines(obj: Any) -> list[str]:
     out = []
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
+        if dataclasses.is_dataclass(v) or f.metadata.get("config") is False:
             continue
         if v is None:
             if f.default is None:
@@ -176,7 +176,8 @@ def _lines(obj: Any) -> list[str]:
 
 def to_toml(obj: Any) -> str:
     """Write a (nested) settings dataclass as TOML that :func:`from_mapping` reads back to an equal
-    object (a ``None`` that is the default is left out; another ``None`` is written as ``"none"``)."""
+    object (a ``None`` that is the default is left out; another ``None`` is written as ``"none"``;
+    a field whose metadata says ``config=False`` is left out)."""
     parts = ["\n".join(_lines(obj))] if _lines(obj) else []
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)

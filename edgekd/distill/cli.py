@@ -60,6 +60,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.add_argument("--no-resume", dest="no_resume", action="store_true",
                    help="ignore the cached teacher, annotations and checkpoints")
+    p.add_argument("--print-config", dest="print_config", action="store_true",
+                   help="print the resolved settings as TOML (a config file for --config) and exit")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any setting as table.key=VALUE (a TOML value), repeatable: --set train.alpha=0.7")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -128,6 +130,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cliflags.note_limit(args, "distill")
     cfg = config_from_args(args)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
     t0 = time.perf_counter()
     rep = Distiller(cfg).run()
     print_report(rep, cfg, "distillation results")

@@ -95,7 +95,7 @@ class TrainConfig:
 class TrainSettings(TrainConfig):
     """The ``[train]`` table: :class:`TrainConfig` for every method of the comparison."""
 
-    method: str = field(default="dixtill", metadata=_h("(set per student from methods)", cli=False))
+    method: str = field(default="dixtill", metadata=_h("(set per student from methods)", cli=False, config=False))
     seed: int | None = field(default=None, metadata=_h(
         "the students' own seed (None: the run's seed); vary it alone to measure the students' spread"))
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata=_h(

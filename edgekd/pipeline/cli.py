@@ -32,6 +32,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cliflags.note_limit(args, "demo")
     cfg = profile_config(args.profile, overrides_from_args(args), where="command line")
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
     t0 = time.perf_counter()
     res = run_pipeline(cfg, compile_bundles=not args.no_compile,
                        on_distilled=lambda rep: print_report(rep, cfg, f"TFNS demo ({cfg.run.profile} profile)"))

@@ -170,3 +170,17 @@ def test_old_setting_names_warn_in_one_line(capsys):
     assert err == ["edgekd: warning: command line: the flat setting 'epochs' is deprecated, use 'train.epochs'",
                    "edgekd: error: command line: unknown setting 'nope.x' ('nope' is not one of "
                    "['data', 'teacher', 'ig', 'student', 'train', 'eval', 'run'])"]
+
+
+def test_print_config_is_a_config_file(tmp_path, capsys):
+    from edgekd.distill import DistillConfig
+    from edgekd.pipeline import profile_config
+
+    assert main(["demo", "--profile", "quick", "--print-config", "--epochs", "3", "ig.steps=16"]) == 0
+    p = tmp_path / "quick.toml"
+    p.write_text(capsys.readouterr().out)
+    assert DistillConfig.from_toml(p) == profile_config("quick", {"train.epochs": 3, "ig.steps": 16})
+    assert main(["distill", "--config", str(p), "--print-config", "--out", "runs/x"]) == 0
+    again = tmp_path / "again.toml"
+    again.write_text(capsys.readouterr().out)
+    assert DistillConfig.from_toml(again) == DistillConfig.from_toml(p).override({"run.out": "runs/x"})
