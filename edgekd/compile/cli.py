@@ -53,12 +53,12 @@ def _positionals(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    args.kind, args.source, args.out = _positionals(args)
     from edgekd.compile.pipeline import compile_model
     from edgekd.runtime.bench import load_texts
 
-    kind, source, out_dir = _positionals(args)
     texts, labels = load_texts(args.eval_data, args.eval_limit)
-    out = compile_model(kind, source, out_dir, eval_texts=texts, eval_labels=labels,
+    out = compile_model(args.kind, args.source, args.out, eval_texts=texts, eval_labels=labels,
                         tokenizer=args.tokenizer, max_length=args.max_length,
                         targets=tuple(t for t in args.targets.split(",") if t),
                         precisions=tuple(p for p in args.precisions.split(",") if p), opset=args.opset,
