@@ -26,27 +26,6 @@ _COMMAND_MODULES: list[str] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edgekd",
-        description="Distil, prune, compile and benchmark small self-explaining NLP models for edge devices.",
-    )
-    parser.add_argument("--version", action="version", version=f"edgekd {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            # a device with only edgekd[runtime] has no torch: the commands that need it are
-            # left out and the torch-free ones (predict, bench, compare) still work
-            if (exc.name or "").split(".")[0] == "edgekd":
-                raise
-            continue
-        module.register(sub)
-    parser.epilog = _nested_epilog(sub)
-    return parser
-
-
 def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
     """One line naming every nested command (``teacher finetune``, ``prune tokens``, ...), so
     ``edgekd --help`` lists all of them, flat and nested alike."""
@@ -68,13 +47,38 @@ def _show_deprecation(message, category, filename, lineno, file=None, line=None,
         _default(message, category, filename, lineno, file, line)
 
 
+def _printing_deprecations(func):
+    """``func`` with the deprecations it raises printed as one ``edgekd: warning:`` line each."""
+    def run(args):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_deprecation
+            return func(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgekd",
+        description="Distil, prune, compile and benchmark small self-explaining NLP models for edge devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgekd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # a device with only edgekd[runtime] has no torch: the commands that need it are
+            # left out and the torch-free ones (predict, bench, compare) still work
+            if (exc.name or "").split(".")[0] == "edgekd":
+                raise
+            continue
+        module.register(sub)
+    parser.epilog = _nested_epilog(sub)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_deprecation
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -84,6 +88,8 @@ def _main(argv: list[str] | None) -> int:
             args.overrides = list(args.overrides or []) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "func", None):
+        args.func = _printing_deprecations(args.func)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
