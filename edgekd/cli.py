@@ -26,37 +26,6 @@ _COMMAND_MODULES: list[str] = [
 ]
 
 
-def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
-    """One line naming every nested command (``teacher finetune``, ``prune tokens``, ...), so
-    ``edgekd --help`` lists all of them, flat and nested alike."""
-    nested = []
-    for name, p in sub.choices.items():
-        for action in p._actions:  # noqa: SLF001  (argparse has no public accessor)
-            if isinstance(action, argparse._SubParsersAction):
-                nested += [f"{name} {child}" for child in action.choices]
-    if not nested:
-        return None
-    return "nested commands: " + ", ".join(nested) + ". Run `edgekd COMMAND --help` for the flags of each."
-
-
-def _show_deprecation(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
-    """Deprecations of old settings and spellings: one ``edgekd: warning:`` line, as for old flags."""
-    if issubclass(category, EdgekdDeprecationWarning):
-        print(f"edgekd: warning: {message}", file=sys.stderr)
-    else:
-        _default(message, category, filename, lineno, file, line)
-
-
-def _printing_deprecations(func):
-    """``func`` with the deprecations it raises printed as one ``edgekd: warning:`` line each."""
-    def run(args):
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_deprecation
-            return func(args)
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgekd",
@@ -102,6 +71,38 @@ def main(argv: list[str] | None = None) -> int:
         print("edgekd: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+
+def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
+    """One line naming every nested command (``teacher finetune``, ``prune tokens``, ...), so
+    ``edgekd --help`` lists all of them, flat and nested alike."""
+    nested = []
+    for name, p in sub.choices.items():
+        for action in p._actions:  # noqa: SLF001  (argparse has no public accessor)
+            if isinstance(action, argparse._SubParsersAction):
+                nested += [f"{name} {child}" for child in action.choices]
+    if not nested:
+        return None
+    return "nested commands: " + ", ".join(nested) + ". Run `edgekd COMMAND --help` for the flags of each."
+
+
+def _show_deprecation(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """Deprecations of old settings and spellings: one ``edgekd: warning:`` line, as for old flags."""
+    if issubclass(category, EdgekdDeprecationWarning):
+        print(f"edgekd: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
+def _printing_deprecations(func):
+    """``func`` with the deprecations it raises printed as one ``edgekd: warning:`` line each."""
+    def run(args):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_deprecation
+            return func(args)
+
+    return run
 
 
 if __name__ == "__main__":  # pragma: no cover
