@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
-
 def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
     """One line naming every nested command (``teacher finetune``, ``prune tokens``, ...), so
     ``edgekd --help`` lists all of them, flat and nested alike."""

@@ -20,13 +20,6 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared data not found at {DATA}")
-    return DATA
-
-
 # --- text data and a tiny teacher (tests/data, tests/teacher, tests/distill, tests/pipeline) ---
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -113,3 +106,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA
+
