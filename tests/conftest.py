@@ -113,4 +113,3 @@ def shared_data() -> pathlib.Path:
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
     return DATA
-
