@@ -59,5 +59,5 @@ def test_readme_config_examples_load_without_warnings():
         ns: dict = {"DistillConfig": DistillConfig}
         exec(code, ns)  # noqa: S102  (the README's own example)
     cfg = ns["cfg"]
-    assert (cfg.data.sample, cfg.ig.steps, cfg.ig.sample, cfg.train.epochs, cfg.train.alpha, cfg.run.out) == (
-        4000, 8, 500, 8, 0.7, "runs/api")
+    assert (cfg.data.sample, cfg.teacher.sample, cfg.ig.steps, cfg.ig.sample, cfg.eval.ig_steps) == (600, 300, 4, 60, 4)
+    assert (cfg.train.epochs, cfg.train.alpha, cfg.run.out) == (2, 0.7, "runs/api")
