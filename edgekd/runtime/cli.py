@@ -51,9 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: ORT's)")
     b.add_argument("--batches", type=_ints, default=[1, 8, 32])
     b.add_argument("--data", help="CSV (text[,label]) / JSONL / text file; default: synthetic texts from the vocabulary")
-    b.add_argument("--limit", type=int, default=512, help="use the first N texts of --data")
-    b.add_argument("--text-column", default="text", help="text column/field of --data")
-    b.add_argument("--label-column", default="label", help="label column/field of --data")
+    _data_flags(b)
     b.add_argument("--min-time", type=float, default=1.0, help="seconds per batch size (at least 10 iterations)")
     b.add_argument("--count-instructions", action="store_true", help="also count x86 instructions (valgrind/perf)")
     b.add_argument("--json", dest="json_out", help="write the result as JSON here")
@@ -66,13 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--baseline", help="the entry the others are relative to (default: the first)")
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--data")
-    c.add_argument("--limit", type=int, default=512, help="use the first N texts of --data")
-    c.add_argument("--text-column", default="text")
-    c.add_argument("--label-column", default="label")
+    _data_flags(c)
     c.add_argument("--min-time", type=float, default=1.0)
     c.add_argument("--json", dest="json_out")
     c.add_argument("--markdown", dest="md_out")
     c.set_defaults(func=_compare)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    from edgekd import cliflags
+
+    cliflags.add_flags(p, "--limit", "--text-column", "--label-column",
+                       limit=dict(default=512, help="use the FIRST N rows of --data (default: 512)"),
+                       text_column=dict(default="text", help="text column/field of --data (default: text)"),
+                       label_column=dict(default="label", help="label column/field of --data (default: label)"))
 
 
 def _predict(args: argparse.Namespace) -> int:
