@@ -106,7 +106,8 @@ def test_compile_truncated_safetensors(student_dir, tmp_path, capsys):
     st = src / "model.safetensors"
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
     data = _write(tmp_path / "e.csv", _csv(["up,1", "down,0"]))
-    run_error(["compile", src, tmp_path / "out", "--eval-data", data, "--no-arm64-check"], capsys, "model.safetensors")
+    run_error(["compile", src, "--out", tmp_path / "out", "--eval-data", data, "--no-arm64-check"], capsys,
+              "model.safetensors")
 
 
 def test_sign_and_verify_errors(student_bundle, tmp_path, capsys):
