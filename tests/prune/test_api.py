@@ -149,13 +149,19 @@ def test_limit_takes_the_first_rows_and_sample_a_stratified_one(classifier_dir, 
             str(train_csv), "--epochs", "1", *FAST]
     assert main(base + ["--limit", "5", "--out", str(tmp_path / "lim")]) == 0
     err = capsys.readouterr().err
-    assert err.splitlines()[0] == ("edgekd: note: edgekd prune tokens --limit now takes the FIRST N rows; "
+    assert err.splitlines()[0] == ("edgekd: note: prune tokens --limit now takes the FIRST N rows; "
                                    "--sample N takes the class-stratified sample it took before")
     assert err.count("edgekd: note") == 1 and "warning" not in err
     assert json.loads((tmp_path / "lim" / "metrics.json").read_text())["train"]["examples"] == 5
-    assert main(base + ["--sample", "6", "--out", str(tmp_path / "smp")]) == 0
+    assert main(base + ["--sample", "6", "--valid", str(train_csv), "--valid-sample", "9",
+                        "--out", str(tmp_path / "smp")]) == 0
     assert "note" not in capsys.readouterr().err
-    assert json.loads((tmp_path / "smp" / "metrics.json").read_text())["train"]["examples"] == 6
+    m = json.loads((tmp_path / "smp" / "metrics.json").read_text())
+    assert m["train"]["examples"] == 6 and m["valid"]["n"] == 9
+    # the old stratified --valid-limit is a deprecated spelling of --valid-sample
+    assert main(base + ["--valid", str(train_csv), "--valid-limit", "9", "--out", str(tmp_path / "vl")]) == 0
+    assert capsys.readouterr().err.count("edgekd: warning: --valid-limit is deprecated, use --valid-sample") == 1
+    assert json.loads((tmp_path / "vl" / "metrics.json").read_text())["valid"]["n"] == 9
     # which rows: the first 5 (steps see them); the sample keeps the class shares of the file
     from edgekd.data import load_dataset
 
