@@ -10,8 +10,8 @@ from edgekd.errors import EdgekdValueError
 from edgekd.ops import masked_attention_pool
 from edgekd.ops.masked_attention_pool import (
     masked_attention_pool_reference,
-    reference_backward,
-    reference_forward,
+    masked_attention_pool_reference_backward as reference_backward,
+    masked_attention_pool_reference_forward as reference_forward,
 )
 from numerics import assert_all_close_f64, assert_close_f64, reference_f64, to_f64
 

@@ -159,14 +159,14 @@ def test_python_op_maths_match_reference():
     B, T, E, H = 4, 7, 5, 6
     x, lengths, weights = make_inputs(B, T, E, H, dtype=torch.float64)
     cap = int(lengths.sum()) + 3
-    out, h_n, c_n, gates, cells = mb_mod._reference_forward_with_saved(x, lengths, *weights, cap)
+    out, h_n, c_n, gates, cells = mb_mod.masked_bilstm_reference_forward(x, lengths, *weights, cap)
     ref = masked_bilstm_reference(x, lengths, weights)
     for a, b in zip((out, h_n, c_n), ref):
         torch.testing.assert_close(a, b)
     assert gates.shape == (2, cap, 4 * H) and torch.all(gates[:, -3:] == 0)
     ups = upstream(B, T, H, dtype=torch.float64)
     w4 = [weights[i] for i in (0, 1, 4, 5)]
-    grads = mb_mod._reference_backward(*ups, x, lengths, *w4, out, gates, cells)
+    grads = mb_mod.masked_bilstm_reference_backward(*ups, x, lengths, *w4, out, gates, cells)
     _, ref_grads = grads_of(masked_bilstm_reference, x, lengths, weights, ups)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
@@ -179,12 +179,12 @@ def test_cpp_kernels_called_directly():
     N = int(lengths.sum())
     for cap in (N, B * T):
         res = torch.ops.edgekd.masked_bilstm.default(x, lengths, *weights, cap)
-        exp = mb_mod._reference_forward_with_saved(x, lengths, *weights, cap)
+        exp = mb_mod.masked_bilstm_reference_forward(x, lengths, *weights, cap)
         assert_all_close_f64(res, exp, n=n_acc(B, T, E, H), names=NAMES + ("gates", "cells"))
         ups = upstream(B, T, H, dtype=torch.float64)
         w4 = [weights[i] for i in (0, 1, 4, 5)]
         got = torch.ops.edgekd.masked_bilstm_backward.default(*ups, x, lengths, *w4, res[0], res[3], res[4])
-        exp_g = mb_mod._reference_backward(*ups, x, lengths, *w4, exp[0], exp[3], exp[4])
+        exp_g = mb_mod.masked_bilstm_reference_backward(*ups, x, lengths, *w4, exp[0], exp[3], exp[4])
         assert_all_close_f64(got, exp_g, n=n_acc(B, T, E, H), names=GRAD_NAMES)
     with pytest.raises(RuntimeError, match="capacity"):
         torch.ops.edgekd.masked_bilstm.default(x, lengths, *weights, N - 1)
@@ -361,7 +361,7 @@ def test_triton_forward_and_backward_match_reference(shape):
     for cap in caps:
         n = n_acc(B, T, E, H)
         res = tk.masked_bilstm_forward(x, lengths, weights, cap)
-        exp = reference_f64(mb_mod._reference_forward_with_saved, x, lengths, *weights, cap)
+        exp = reference_f64(mb_mod.masked_bilstm_reference_forward, x, lengths, *weights, cap)
         assert_all_close_f64(res, exp, n=n, names=NAMES + ("gates", "cells"))
         ups = [u.to(dev) for u in upstream(B, T, H)]
         w4 = [weights[i] for i in (0, 1, 4, 5)]

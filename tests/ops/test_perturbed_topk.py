@@ -54,10 +54,10 @@ def expected_f64(x, noise, idx, sigma, grad, grad_ind):
     grad_scores terms: the same sums over absolute values (they cancel; numerics.py)."""
     x, noise, grad, grad_ind = to_f64((x, noise, grad, grad_ind))
     Y = dense_onehots(idx, x.shape[1]).mean(1)  # (B, k, N)
-    gs, gx = pt.reference_gather_backward(grad, x, noise, idx, sigma)
-    gs_scale = float(pt.reference_gather_backward(grad.abs(), x.abs(), noise.abs(), idx, sigma)[0].max())
-    ind_gs = pt.reference_indicators_backward(grad_ind, noise, idx, sigma)
-    ind_scale = float(pt.reference_indicators_backward(grad_ind.abs(), noise.abs(), idx, sigma).max())
+    gs, gx = pt.perturbed_topk_gather_reference_backward(grad, x, noise, idx, sigma)
+    gs_scale = float(pt.perturbed_topk_gather_reference_backward(grad.abs(), x.abs(), noise.abs(), idx, sigma)[0].max())
+    ind_gs = pt.perturbed_topk_indicators_reference_backward(grad_ind, noise, idx, sigma)
+    ind_scale = float(pt.perturbed_topk_indicators_reference_backward(grad_ind.abs(), noise.abs(), idx, sigma).max())
     return dict(out=Y @ x, gs=gs, gx=gx, ind=Y, ind_gs=ind_gs, gs_scale=gs_scale, ind_scale=ind_scale)
 
 
@@ -65,7 +65,7 @@ def check_all(impl_fwd, impl_bwd, impl_ind, impl_indb, scores, x, noise, mask, k
     """Compare one implementation (forward, backward, both forms) with the reference: the indices
     exactly (reference_select in the same dtype), the float results with the float64 reference."""
     S, D = noise.shape[1], x.shape[2]
-    ref_idx = pt.reference_select(scores, noise, mask, k, sigma)
+    ref_idx = pt.perturbed_topk_reference_select(scores, noise, mask, k, sigma)
     out, idx = impl_fwd(scores, x, noise, mask, k, sigma)
     assert torch.equal(idx, ref_idx)
     e = expected_f64(x, noise, ref_idx, sigma, grad, grad_ind)
@@ -126,7 +126,7 @@ def test_ties_prefer_lower_position():
     scores = torch.tensor([[1.0, 2.0, 2.0, 0.0, 2.0, -0.0]])
     noise = torch.zeros(1, 2, 6)
     x = torch.arange(6.0).view(1, 6, 1)
-    for impl in (G, pt.reference_gather_forward):
+    for impl in (G, pt.perturbed_topk_gather_reference_forward):
         _, idx = impl(scores, x, noise, None, 2, 1.0)
         assert idx.tolist() == [[[1, 2], [1, 2]]]
         # 0.0 and -0.0 are equal: the lower position wins
@@ -264,12 +264,12 @@ def test_diagonal_estimator_matches_public_code():
     s = scores.clone().requires_grad_(True)
     ind = pt.diagonal_indicators(s, noise, None, k, sigma)
     ind.backward(grad_ind)
-    Y = dense_onehots(pt.reference_select(scores, noise, None, k, sigma), N)  # (B, S, k, N)
+    Y = dense_onehots(pt.perturbed_topk_reference_select(scores, noise, None, k, sigma), N)  # (B, S, k, N)
     expected_gradient = torch.einsum("bnkd,bnd->bkd", Y, noise) / S / sigma
     public = torch.einsum("bkd,bkd->bd", grad_ind, expected_gradient)
     assert_close_f64(s.grad, public, n=S * k, name="diagonal estimator")
     assert_close_f64(ind, Y.mean(1), n=S, name="indicators")
-    exact = pt.reference_indicators_backward(grad_ind, noise, pt.reference_select(scores, noise, None, k, sigma), sigma)
+    exact = pt.perturbed_topk_indicators_reference_backward(grad_ind, noise, pt.perturbed_topk_reference_select(scores, noise, None, k, sigma), sigma)
     assert not torch.allclose(exact, public)  # the two estimators differ
 
 
