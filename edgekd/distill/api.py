@@ -402,7 +402,7 @@ class Distiller:
                                   attribute_indices=tr_idx, chunk_size=cfg.chunk_size, progress=cfg.progress)
         self.valid_ann = annotate(self.teacher, self.valid, self.word_tokenizer, cache_dir=cache, ig=ig,
                                   attribute_indices=va_idx, chunk_size=cfg.chunk_size, progress=cfg.progress)
-        from edgekd.distill.metrics import classification_metrics
+        from edgekd.metrics import classification_metrics
 
         self.teacher_metrics = classification_metrics(
             self.valid.labels, self.valid_ann.logits.argmax(-1), self.valid.label_names
@@ -466,7 +466,7 @@ class Distiller:
         return result
 
     def evaluate_student(self, method: str, student, va, bundle: Path) -> MethodResult:
-        from edgekd.distill.metrics import classification_metrics, explanation_agreement
+        from edgekd.metrics import classification_metrics, explanation_agreement
         from edgekd.distill.trainer import predict_logits
 
         cfg = self.config

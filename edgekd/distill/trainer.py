@@ -26,7 +26,7 @@ import torch
 
 from edgekd.distill.checkpoint import load_optimizer, rng_state, save_optimizer, set_rng_state
 from edgekd.distill.losses import METHODS, VARIANTS, distillation_loss
-from edgekd.distill.metrics import classification_metrics
+from edgekd.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -182,7 +182,7 @@ def _evaluate(model, tok, data, batch: int, max_len: int, min_len: int = 1, prog
     import torch
     from tqdm.auto import tqdm
 
-    from edgekd.runtime.preprocess import macro_f1
+    from edgekd.metrics import macro_f1
 
     was_training = model.training
     model.eval()

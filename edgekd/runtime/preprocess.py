@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgekdValueError
+from edgekd.metrics import macro_f1  # noqa: F401  (deprecated location, kept for one release)
 
 
 @dataclass
@@ -113,16 +114,3 @@ def word_explanations(text: str, encoding: Any, weights: np.ndarray) -> list[tup
         w = words[wid]
         w[0], w[1], w[2] = min(w[0], s), max(w[1], e), w[2] + float(weights[k])
     return [(text[words[w][0]:words[w][1]], words[w][2]) for w in order]
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-averaged F1 over ``num_classes`` classes (classes absent from both count as 0)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1s = []
-    for c in range(num_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        denom = 2 * tp + fp + fn
-        f1s.append(0.0 if denom == 0 else 2 * tp / denom)
-    return float(np.mean(f1s))
