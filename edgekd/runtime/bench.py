@@ -10,7 +10,6 @@ baseline (DiXtill's table: size, compression, latency, speed-up, accuracy, macro
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -37,41 +36,12 @@ DEFAULT_BATCHES = (1, 8, 32)
 
 # ------------------------------------------------------------------------------------------ data
 def load_texts(path: str | os.PathLike, limit: int | None = None) -> tuple[list[str], list[int] | None]:
-    """Texts (and integer labels when present) from a CSV with ``text``[,``label``] columns, a JSONL
-    file with ``text``[/``label``] fields, or a plain text file (one text a line)."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise EdgekdValueError(f"data: {path} does not exist")
-    texts: list[str] = []
-    labels: list[int] = []
-    if p.suffix == ".csv":
-        with open(p, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "text" not in reader.fieldnames:
-                raise EdgekdValueError(f"data: {path} needs a 'text' column, has {reader.fieldnames}")
-            for row in reader:
-                texts.append(row["text"])
-                if "label" in row and row["label"] not in (None, ""):
-                    labels.append(int(row["label"]))
-                if limit and len(texts) >= limit:
-                    break
-    elif p.suffix == ".jsonl":
-        with open(p, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                obj = json.loads(line)
-                texts.append(str(obj["text"]))
-                if "label" in obj:
-                    labels.append(int(obj["label"]))
-                if limit and len(texts) >= limit:
-                    break
-    else:
-        texts = [ln.rstrip("\n") for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        texts = texts[:limit] if limit else texts
-    if not texts:
-        raise EdgekdValueError(f"data: {path} holds no texts")
-    return texts, (labels if len(labels) == len(texts) else None)
+    """Texts (and integer labels when the file has a ``label`` column) from the first ``limit`` rows
+    of a CSV/TSV/JSONL/Parquet file with a ``text`` column, or a plain text file (one text a line);
+    see :func:`edgekd.data.readers.read_texts`."""
+    from edgekd.data.readers import read_texts
+
+    return read_texts(path, limit=limit)
 
 
 def synthetic_texts(bundle: Bundle, n: int = 64, words: int = 20, seed: int = 0) -> list[str]:
