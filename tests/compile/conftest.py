@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from compile_helpers import (LABEL_NAMES, LABELS, TEXTS, make_tiny_teacher, make_word_tokenizer,  # noqa: E402,F401
-                             save_random_student)
+from factories import (LABEL_NAMES, LABELS, TEXTS, make_tiny_teacher, make_word_tokenizer,  # noqa: F401
+                       save_random_student)
 
 @pytest.fixture(scope="session")
 def word_tokenizer(tmp_path_factory) -> pathlib.Path:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgekd.cli import build_parser, main
-from prune_helpers import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir
+from factories import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir
 
 FAST = ["--num-samples", "8", "--batch", "4", "--max-len", "16", "--no-progress"]
 
