@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import random
 import statistics
 import sys
@@ -35,6 +33,8 @@ import time
 
 import numpy as np
 import torch
+
+import common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imdb"
@@ -45,7 +45,7 @@ DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "compression.jsonl"
 
 
 def _machine() -> str:
-    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, torch {torch.__version__}".strip()
+    return common.machine_string(common.machine_info())
 
 
 def load_imdb(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
@@ -98,7 +98,7 @@ def encode(tokenizer, texts: list[str], max_len: int) -> dict[str, torch.Tensor]
 
 
 def evaluate(model, tokenizer, texts, labels, max_len: int, batch: int = 32) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
+    from edgekd.metrics import accuracy, macro_f1
 
     model.eval()
     preds: list[int] = []
@@ -106,11 +106,13 @@ def evaluate(model, tokenizer, texts, labels, max_len: int, batch: int = 32) -> 
         for i in range(0, len(texts), batch):
             enc = encode(tokenizer, texts[i : i + batch], max_len)
             preds += model(**enc).logits.argmax(-1).tolist()
-    return {"accuracy": accuracy_score(labels, preds), "macro_f1": f1_score(labels, preds, average="macro")}
+    return {"accuracy": accuracy(labels, preds), "macro_f1": macro_f1(labels, preds)}
 
 
 def _append(results: pathlib.Path, row: dict) -> None:
-    row = {**row, "dataset": _DATASET, "machine": _machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    info = common.machine_info()
+    row = {**row, "dataset": _DATASET, "machine": common.machine_string(info), "versions": common.versions_string(info),
+           "command": common.command_line(), "time": common.now()}
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -303,8 +305,9 @@ def cmd_latency(args) -> None:
                 rows[k][key] += _time_session(sess, feeds, 1)
     int8_metrics: dict[str, dict[str, float]] = {}
     if args.int8 and args.eval_n:
-        from sklearn.metrics import accuracy_score, f1_score
         from transformers import BertTokenizerFast
+
+        from edgekd.metrics import accuracy, macro_f1
 
         texts, labels = load_data("test", args.eval_n, args.seed + 1)  # the train stage's test subset
         for name in args.models:
@@ -318,8 +321,8 @@ def cmd_latency(args) -> None:
                 logits = sess.run(None, {k: v.numpy() for k, v in enc.items()})[0]
                 preds += logits.argmax(-1).tolist()
             int8_metrics[f"{name}+int8"] = {
-                "accuracy": accuracy_score(labels, preds),
-                "macro_f1": f1_score(labels, preds, average="macro"),
+                "accuracy": accuracy(labels, preds),
+                "macro_f1": macro_f1(labels, preds),
                 "test_n": args.eval_n,
                 "max_len": args.eval_max_len,
             }
@@ -351,20 +354,41 @@ def cmd_latency(args) -> None:
         )
 
 
+def common_rows(rows: list[dict]) -> list[dict]:
+    """JSONL records -> rows of the common schema: one per latency record and batch size (b1 latency,
+    b32 per batch; baseline = the run's reference model), one per train/ahp record (accuracy in extra)."""
+    out = []
+    skip = {"stage", "name", "time", "machine", "versions", "command", "dataset"}
+    for r in rows:
+        meta = dict(time=r.get("time", ""), command=r.get("command") or f"python benchmarks/bench_prune.py {r['stage']} (see compression.md)")
+        machine = r.get("machine", "")
+        versions = r.get("versions") or (f"onnxruntime {r['onnxruntime']}" if r.get("onnxruntime") else "")
+        base = {"case": "", "implementation": r["name"], "mode": r["stage"], "machine": machine, "versions": versions,
+                **meta}
+        if r["stage"] == "latency":
+            for b, med, spread, ratio in (("1", "b1_ms", "b1_spread_ms", "speedup_b1"),
+                                          ("32", "b32_ms", "b32_spread_ms", "speedup_b32")):
+                extra = {k: v for k, v in r.items() if k not in skip and not k.startswith(("b1_", "b32_", "speedup_"))}
+                out.append({**base, "case": common.fmt_case(dataset=r.get("dataset"), seq=r.get("seq"), batch=b),
+                            "mode": "inference", "median_ms": r.get(med), "spread_ms": r.get(spread),
+                            "ratio_to_baseline": r.get(ratio),
+                            "extra": common.fmt_extra(spread="min-max", b32_seq_per_s=r.get("b32_seq_per_s") if b == "32" else None,
+                                                      **{k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                                                         for k, v in extra.items()})})
+        else:
+            extra = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items() if k not in skip}
+            out.append({**base, "case": common.fmt_case(dataset=r.get("dataset")), "median_ms": "", "spread_ms": "",
+                        "ratio_to_baseline": "", "extra": common.fmt_extra(**extra)})
+    return out
+
+
 def cmd_report(args) -> None:
     """Markdown tables of the JSONL results (accuracy rows and latency rows), to stdout."""
     rows = [json.loads(line) for line in pathlib.Path(args.results).read_text().splitlines() if line.strip()]
-    # the same rows as CSV next to the JSONL (one column per key seen)
-    import csv
-
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with pathlib.Path(args.results).with_suffix(".csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+    # the same rows as CSV next to the JSONL, in the common benchmark schema (rewritten from the JSONL)
+    csv_path = pathlib.Path(args.results).with_suffix(".csv")
+    csv_path.unlink(missing_ok=True)
+    common.append_rows(csv_path, common_rows(rows))
     acc = {r["name"]: r for r in rows if r["stage"] in ("train", "ahp")}
     lat = [r for r in rows if r["stage"] == "latency"]
     print("| model | accuracy | macro-F1 | ONNX size (MB) | b1 latency (ms) | b32 throughput (seq/s) | speed-up b1 | speed-up b32 |")
