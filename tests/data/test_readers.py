@@ -70,27 +70,40 @@ def test_not_utf8_names_file_and_line(tmp_path, name, data, match):
             read(p)
 
 
-def test_bad_jsonl_line(tmp_path):
-    p = _write(tmp_path / "bad.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": \n')
-    with pytest.raises(EdgekdValueError, match=r"bad.jsonl: line 2 is not valid JSON"):
-        read_texts(p)
-    q = _write(tmp_path / "list.jsonl", b'{"text": "a", "label": 0}\n[1, 2]\n')
-    with pytest.raises(EdgekdValueError, match=r"list.jsonl: line 2 is not a JSON object"):
-        read_texts(q)
-    r = _write(tmp_path / "nolabel.jsonl", b'{"text": "a", "label": 0}\n{"text": "b"}\n')
-    with pytest.raises(EdgekdValueError, match=r"nolabel.jsonl line 2: missing column\(s\) \['label'\]"):
-        read_texts(r)
+@pytest.mark.parametrize("name,data,match", [
+    # a bad JSONL line
+    ("bad.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": \n', r"bad.jsonl: line 2 is not valid JSON"),
+    ("list.jsonl", b'{"text": "a", "label": 0}\n[1, 2]\n', r"list.jsonl: line 2 is not a JSON object"),
+    ("nolabel.jsonl", b'{"text": "a", "label": 0}\n{"text": "b"}\n',
+     r"nolabel.jsonl line 2: missing column\(s\) \['label'\]"),
+    # a missing text column
+    ("cols.csv", b"sentence,label\nhi,1\n",
+     r"cols.csv: missing column\(s\) \['text'\]; the file has columns \['sentence', 'label'\]"),
+    ("cols.jsonl", b'{"sentence": "hi"}\n', r"cols.jsonl line 1: missing column\(s\) \['text'\]"),
+    # labels that are not class ids
+    ("words.csv", b"text,label\nfine,0\nnot fine,positive\n",
+     r"words.csv: the label 'positive' at row 2 \(line 3\) is not a class id"),
+    ("frac.csv", b"text,label\nfine,0\nnot fine,1.5\n", r"frac.csv: the label '1.5' at row 2 \(line 3\) is not"),
+    ("neg.csv", b"text,label\nfine,0\nnot fine,-1\n", r"neg.csv: the label '-1' at row 2 \(line 3\) is not"),
+    ("bool.csv", b"text,label\nfine,0\nnot fine,true\n", r"bool.csv: the label 'true' at row 2 \(line 3\) is not"),
+    ("frac.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": 0.5}\n',
+     r"frac.jsonl: the label 0.5 at row 2 \(line 2\) is not a class id"),
+    # empty and odd files
+    ("empty.csv", b"", r"empty.csv: empty file"),
+    ("blank.txt", b"\n  \n", r"blank.txt: holds no texts"),
+    ("wide.csv", b"text,label\na,1,extra\n", r"wide.csv: row 1 \(ending at line 2\) has more fields"),
+    ("num.jsonl", b'{"text": 5, "label": 1}\n', r"num.jsonl: the text at row 1 \(line 1\) is a int"),
+])
+def test_bad_file_names_file_and_row(tmp_path, name, data, match):
+    with pytest.raises(EdgekdValueError, match=match):
+        read_texts(_write(tmp_path / name, data))
 
 
-def test_missing_text_column(tmp_path):
+def test_other_columns_and_limits(tmp_path):
     p = _write(tmp_path / "cols.csv", b"sentence,label\nhi,1\n")
-    with pytest.raises(EdgekdValueError, match=r"cols.csv: missing column\(s\) \['text'\]; the file has columns "
-                                               r"\['sentence', 'label'\]"):
-        read_texts(p)
     assert read_texts(p, text_column="sentence") == (["hi"], [1])
-    j = _write(tmp_path / "cols.jsonl", b'{"sentence": "hi"}\n')
-    with pytest.raises(EdgekdValueError, match=r"cols.jsonl line 1: missing column\(s\) \['text'\]"):
-        read_texts(j)
+    with pytest.raises(EdgekdValueError, match="limit must be >= 1"):
+        read_texts(_write(tmp_path / "ok.csv", b"text\na\n"), limit=0)
 
 
 def test_directory_and_device_are_refused(tmp_path):
@@ -103,26 +116,3 @@ def test_directory_and_device_are_refused(tmp_path):
             read_texts(os.devnull)
         with pytest.raises(EdgekdValueError, match="is not a regular file"):
             load_dataset(os.devnull, format="csv")
-
-
-@pytest.mark.parametrize("label", ["positive", "1.5", "-1", "true"])
-def test_non_integer_labels(tmp_path, label):
-    p = _write(tmp_path / "lab.csv", f"text,label\nfine,0\nnot fine,{label}\n".encode())
-    with pytest.raises(EdgekdValueError, match=rf"lab.csv: the label '{label}' at row 2 \(line 3\) is not a class id"):
-        read_texts(p)
-    j = _write(tmp_path / "lab.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": 0.5}\n')
-    with pytest.raises(EdgekdValueError, match=r"lab.jsonl: the label 0.5 at row 2 \(line 2\) is not a class id"):
-        read_texts(j)
-
-
-def test_empty_and_odd_files(tmp_path):
-    with pytest.raises(EdgekdValueError, match="empty.csv: empty file"):
-        read_texts(_write(tmp_path / "empty.csv", b""))
-    with pytest.raises(EdgekdValueError, match="blank.txt: holds no texts"):
-        read_texts(_write(tmp_path / "blank.txt", b"\n  \n"))
-    with pytest.raises(EdgekdValueError, match=r"wide.csv: row 1 \(ending at line 2\) has more fields"):
-        read_texts(_write(tmp_path / "wide.csv", b"text,label\na,1,extra\n"))
-    with pytest.raises(EdgekdValueError, match=r"num.jsonl: the text at row 1 \(line 1\) is a int"):
-        read_texts(_write(tmp_path / "num.jsonl", b'{"text": 5, "label": 1}\n'))
-    with pytest.raises(EdgekdValueError, match="limit must be >= 1"):
-        read_texts(_write(tmp_path / "ok.csv", b"text\na\n"), limit=0)
