@@ -10,6 +10,10 @@ mark is dropped.
   resolves label names.
 * :func:`read_texts` returns texts and integer labels (``None`` when the file has no label column)
   for the runtime's and the benchmarks' evaluation data.
+* :func:`read_text_file` returns a whole file as text after the same checks (JSON files).
+
+Limits: a field or text longer than :data:`MAX_FIELD_CHARS` characters is refused, naming the line.
+Messages read ``<file>: line <n>: <problem>`` (``row <k>`` for Parquet).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ FILE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
              ".parquet": "parquet", ".pq": "parquet", ".txt": "text"}
 _SNIFF = 4096
+MAX_FIELD_CHARS = 131_072  # csv's default field limit, applied to every format
 
 
 def file_format(path: str | os.PathLike) -> str | None:
@@ -48,8 +53,9 @@ def check_file(path: str | os.PathLike) -> Path:
 def check_columns(available: Sequence[str], text_column: str, label_column: str | None, source: str) -> None:
     missing = [c for c in (text_column, label_column) if c is not None and c not in available]
     if missing:
+        needs = f"a {missing[0]!r} column" if len(missing) == 1 else " and ".join(map(repr, missing)) + " columns"
         raise EdgekdValueError(
-            f"{source}: missing column(s) {missing}; the file has columns {list(available)} "
+            f"{source}: needs {needs}, missing column(s) {missing}; the file has columns {list(available)[:20]} "
             f"(choose them with text_column= / label_column=, --text-column / --label-column)"
         )
 
@@ -58,12 +64,14 @@ def check_columns(available: Sequence[str], text_column: str, label_column: str 
 def _sniff(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(_SNIFF)
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise EdgekdValueError(f"{path}: is UTF-32 text (byte-order mark); save it as UTF-8")
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise EdgekdValueError(f"{path}: is UTF-16 text (byte-order mark); save it as UTF-8")
     if b"\x00" in head:
         line = head.count(b"\n", 0, head.index(b"\x00")) + 1
         raise EdgekdValueError(
-            f"{path}: line {line} holds NUL bytes: a binary or UTF-16 file, not UTF-8 text")
+            f"{path}: line {line}: holds NUL bytes: a binary or UTF-16 file, not UTF-8 text")
 
 
 def _decode_error(path: Path) -> EdgekdValueError:
@@ -73,12 +81,12 @@ def _decode_error(path: Path) -> EdgekdValueError:
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             if b"\x00" in raw:
-                return EdgekdValueError(f"{path}: line {n} holds NUL bytes: a binary file, not UTF-8 text")
+                return EdgekdValueError(f"{path}: line {n}: holds NUL bytes: a binary file, not UTF-8 text")
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return EdgekdValueError(
-                    f"{path}: line {n} is not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
+                    f"{path}: line {n}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
                     f"line); save the file as UTF-8 (it may be Latin-1 or Windows-1252)")
     return EdgekdValueError(f"{path}: is not UTF-8 text")  # pragma: no cover (a split multi-byte char at EOF)
 
@@ -93,10 +101,16 @@ def _lines(path: Path) -> Iterator[str]:
         raise _decode_error(path) from None
 
 
+def read_text_file(path: str | os.PathLike) -> str:
+    """The whole file as text: a regular UTF-8 file (BOM dropped); else an error naming the line."""
+    return "".join(_lines(check_file(path)))
+
+
 # ----------------------------------------------------------------------------------- formats
 def _rows_csv(path: Path, delimiter: str, text_column: str, label_column: str | None):
     src = str(path)
     reader = csv.DictReader(_lines(path), delimiter=delimiter)
+    old_limit = csv.field_size_limit(MAX_FIELD_CHARS)
     try:
         if reader.fieldnames is None:
             raise EdgekdValueError(f"{src}: empty file (no header row)")
@@ -108,7 +122,10 @@ def _rows_csv(path: Path, delimiter: str, text_column: str, label_column: str | 
             where = f"row {k} (line {reader.line_num})"
             yield row.get(text_column), (row.get(label_column) if label_column else None), where
     except csv.Error as exc:
-        raise EdgekdValueError(f"{src}: line {reader.line_num}: {exc}") from None
+        raise EdgekdValueError(f"{src}: line {reader.line_num + 1}: {exc} (fields are limited to "
+                               f"{MAX_FIELD_CHARS:,} characters)") from None
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def _rows_jsonl(path: Path, text_column: str, label_column: str | None):
@@ -120,11 +137,14 @@ def _rows_jsonl(path: Path, text_column: str, label_column: str | None):
         k += 1
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EdgekdValueError(f"{src}: line {line_no} is not valid JSON ({exc.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise EdgekdValueError(f"{src}: line {line_no}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(obj, dict):
-            raise EdgekdValueError(f"{src}: line {line_no} is not a JSON object")
-        check_columns(list(obj), text_column, label_column, f"{src} line {line_no}")
+            raise EdgekdValueError(f"{src}: line {line_no}: not a JSON object but a {type(obj).__name__}")
+        if text_column not in obj:
+            raise EdgekdValueError(f"{src}: line {line_no}: no {text_column!r} field (--text-column), "
+                                   f"has {sorted(obj)[:10]}")
+        check_columns(list(obj), text_column, label_column, f"{src}: line {line_no}")
         yield obj[text_column], (obj[label_column] if label_column else None), f"row {k} (line {line_no})"
 
 
@@ -224,47 +244,70 @@ def _header(path: Path, fmt: str) -> list[str]:
     return []
 
 
+def _at(where: str) -> str:
+    """``row 2 (line 3)`` -> ``line 3``; ``row 4`` (Parquet) stays."""
+    return where[where.index("(") + 1:-1] if "(line " in where else where
+
+
 def read_texts(
     path: str | os.PathLike,
+    limit: int | None = None,
+    *,
     text_column: str = "text",
     label_column: str = "label",
-    limit: int | None = None,
+    label_names: Sequence[str] | None = None,
+    num_labels: int | None = None,
     format: str | None = None,
 ) -> tuple[list[str], list[int] | None]:
-    """Texts and integer class ids (``None`` when the file has no ``label_column``) from the first
-    ``limit`` rows of a CSV/TSV/JSONL/Parquet file, or texts from a plain text file (one a line)."""
-    if limit is not None and limit < 1:
-        raise EdgekdValueError(f"limit must be >= 1, got {limit}")
+    """Texts and integer class ids (``None`` when the file has no ``label_column`` or it is empty)
+    from the first ``limit`` rows of a CSV/TSV/JSONL/Parquet file, or texts from a plain text file
+    (one a line). Labels are integers (``2``, ``"2"``) or, with ``label_names``, one of those names;
+    with ``num_labels`` (default: ``len(label_names)``) each must lie in ``[0, num_labels)``. Every
+    row has a label or none has."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise EdgekdValueError(f"limit: expected a positive integer, got {limit!r}")
     p = check_file(path)
     fmt = format or file_format(p) or "text"
     has_label = fmt != "text" and label_column in _header(p, fmt)
+    names = list(label_names) if label_names is not None else None
+    n = num_labels if num_labels is not None else (len(names) if names is not None else None)
     texts: list[str] = []
     labels: list[int | None] = []
     unlabelled: str | None = None  # where the first row without a label is
     for text, label, where in read_rows(p, text_column, label_column if has_label else None, fmt):
+        at = _at(where)
         if not isinstance(text, str):
-            what = "missing" if text is None else f"a {type(text).__name__}, not a string"
-            raise EdgekdValueError(f"{p}: the text at {where} is {what}")
+            what = f"no {text_column!r} field" if text is None else f"{text_column!r} is a {type(text).__name__}, not a string"
+            raise EdgekdValueError(f"{p}: {at}: {what}")
+        if len(text) > MAX_FIELD_CHARS:
+            raise EdgekdValueError(f"{p}: {at}: the text is {len(text):,} characters, over the limit of "
+                                   f"{MAX_FIELD_CHARS:,}")
         texts.append(text)
         if has_label:
             if label is None or (isinstance(label, str) and not label.strip()):
                 labels.append(None)
-                unlabelled = unlabelled or where
+                unlabelled = unlabelled or at
             else:
                 y = label_as_int(label)
-                if y is None or y < 0:
-                    raise EdgekdValueError(
-                        f"{p}: the label {label!r} at {where} is not a class id (an integer >= 0)")
+                if y is None and names is not None and isinstance(label, str) and label.strip() in names:
+                    y = names.index(label.strip())
+                if y is None:
+                    alt = f" or one of {names}" if names is not None else ""
+                    raise EdgekdValueError(f"{p}: {at}: label {label!r:.40} is not an integer (a class id){alt}")
+                if y < 0 or (n is not None and y >= n):
+                    raise EdgekdValueError(f"{p}: {at}: label {y} is outside [0, {n if n is not None else 'inf'})")
                 labels.append(y)
+            if unlabelled is not None and any(v is not None for v in labels):
+                raise EdgekdValueError(f"{p}: {unlabelled}: no label while other rows have one "
+                                       "(label every row or none)")
         if limit is not None and len(texts) >= limit:
             break
     if not texts:
         raise EdgekdValueError(f"{p}: holds no texts")
     if all(y is None for y in labels):  # no label column, or an empty one: an unlabelled file
         return texts, None
-    if unlabelled is not None:
-        raise EdgekdValueError(f"{p}: no label at {unlabelled} while other rows have one; label all rows or none")
     return texts, labels  # type: ignore[return-value]
 
 
-__all__ = ["FILE_FORMATS", "check_file", "check_columns", "file_format", "label_as_int", "read_rows", "read_texts"]
+__all__ = ["FILE_FORMATS", "MAX_FIELD_CHARS", "check_file", "check_columns", "file_format", "label_as_int",
+           "read_rows", "read_text_file", "read_texts"]

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from edgekd.data import load_dataset
-from edgekd.data.readers import read_rows, read_texts
+from edgekd.data.readers import MAX_FIELD_CHARS, read_rows, read_text_file, read_texts
 from edgekd.errors import EdgekdValueError
 from edgekd.runtime.bench import load_texts
 
@@ -33,6 +33,7 @@ def test_formats_agree(tmp_path):
         assert read_texts(p) == want, p
         assert load_dataset(p).texts == want[0]
     assert read_texts(csvp, limit=2) == (want[0][:2], want[1][:2])
+    assert read_texts(csvp, 1) == (want[0][:1], want[1][:1])
     txt = _write(tmp_path / "d.txt", b"one\n\ntwo\r\n")
     assert read_texts(txt) == (["one", "two"], None)
 
@@ -42,7 +43,7 @@ def test_unlabelled_files_give_no_labels(tmp_path):
     assert read_texts(p) == (["x", "y"], None)
     assert read_texts(_write(tmp_path / "t.csv", b"text\nx\n")) == (["x"], None)
     assert read_texts(_write(tmp_path / "t.jsonl", b'{"text": "x"}\n')) == (["x"], None)
-    with pytest.raises(EdgekdValueError, match=r"u2.csv: no label at row 2 \(line 3\) while other rows have one"):
+    with pytest.raises(EdgekdValueError, match=r"u2.csv: line 3: no label while other rows have one"):
         read_texts(_write(tmp_path / "u2.csv", b"text,label\nx,1\ny,\n"))
 
 
@@ -56,12 +57,12 @@ def test_utf8_bom_is_stripped(tmp_path):
 
 @pytest.mark.parametrize("name,data,match", [
     ("latin1.csv", "text,label\nok,1\ncaf\u00e9 cr\u00e8me,0\n".encode("latin-1"),
-     r"latin1.csv: line 3 is not UTF-8 \(byte 0xe9 .*Latin-1"),
+     r"latin1.csv: line 3: not valid UTF-8 \(byte 0xe9 .*Latin-1"),
     ("utf16.csv", "text,label\nhello,1\n".encode("utf-16"), r"utf16.csv: is UTF-16 text"),
-    ("utf16.jsonl", '{"text": "x", "label": 1}\n'.encode("utf-16-le"), r"utf16.jsonl: line 1 holds NUL bytes"),
-    ("blob.csv", bytes(range(256)) * 4, r"blob.csv: line 1 holds NUL bytes: a binary"),
+    ("utf16.jsonl", '{"text": "x", "label": 1}\n'.encode("utf-16-le"), r"utf16.jsonl: line 1: holds NUL bytes"),
+    ("blob.csv", bytes(range(256)) * 4, r"blob.csv: line 1: holds NUL bytes: a binary"),
     ("late.jsonl", b'{"text": "a", "label": 0}\n' * 500 + b'{"text": "\xff", "label": 0}\n',
-     r"late.jsonl: line 501 is not UTF-8 \(byte 0xff"),
+     r"late.jsonl: line 501: not valid UTF-8 \(byte 0xff"),
 ])
 def test_not_utf8_names_file_and_line(tmp_path, name, data, match):
     p = _write(tmp_path / name, data)
@@ -72,27 +73,27 @@ def test_not_utf8_names_file_and_line(tmp_path, name, data, match):
 
 @pytest.mark.parametrize("name,data,match", [
     # a bad JSONL line
-    ("bad.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": \n', r"bad.jsonl: line 2 is not valid JSON"),
-    ("list.jsonl", b'{"text": "a", "label": 0}\n[1, 2]\n', r"list.jsonl: line 2 is not a JSON object"),
+    ("bad.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": \n', r"bad.jsonl: line 2: not valid JSON"),
+    ("list.jsonl", b'{"text": "a", "label": 0}\n[1, 2]\n', r"list.jsonl: line 2: not a JSON object but a list"),
     ("nolabel.jsonl", b'{"text": "a", "label": 0}\n{"text": "b"}\n',
-     r"nolabel.jsonl line 2: missing column\(s\) \['label'\]"),
+     r"nolabel.jsonl: line 2: needs a 'label' column, missing column\(s\) \['label'\]"),
     # a missing text column
     ("cols.csv", b"sentence,label\nhi,1\n",
-     r"cols.csv: missing column\(s\) \['text'\]; the file has columns \['sentence', 'label'\]"),
-    ("cols.jsonl", b'{"sentence": "hi"}\n', r"cols.jsonl line 1: missing column\(s\) \['text'\]"),
+     r"cols.csv: needs a 'text' column, missing column\(s\) \['text'\]; the file has columns \['sentence', 'label'\]"),
+    ("cols.jsonl", b'{"sentence": "hi"}\n', r"cols.jsonl: line 1: no 'text' field \(--text-column\), has \['sentence'\]"),
     # labels that are not class ids
     ("words.csv", b"text,label\nfine,0\nnot fine,positive\n",
-     r"words.csv: the label 'positive' at row 2 \(line 3\) is not a class id"),
-    ("frac.csv", b"text,label\nfine,0\nnot fine,1.5\n", r"frac.csv: the label '1.5' at row 2 \(line 3\) is not"),
-    ("neg.csv", b"text,label\nfine,0\nnot fine,-1\n", r"neg.csv: the label '-1' at row 2 \(line 3\) is not"),
-    ("bool.csv", b"text,label\nfine,0\nnot fine,true\n", r"bool.csv: the label 'true' at row 2 \(line 3\) is not"),
+     r"words.csv: line 3: label 'positive' is not an integer \(a class id\)"),
+    ("frac.csv", b"text,label\nfine,0\nnot fine,1.5\n", r"frac.csv: line 3: label '1.5' is not an integer"),
+    ("neg.csv", b"text,label\nfine,0\nnot fine,-1\n", r"neg.csv: line 3: label -1 is outside \[0, inf\)"),
+    ("bool.csv", b"text,label\nfine,0\nnot fine,true\n", r"bool.csv: line 3: label 'true' is not an integer"),
     ("frac.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": 0.5}\n',
-     r"frac.jsonl: the label 0.5 at row 2 \(line 2\) is not a class id"),
+     r"frac.jsonl: line 2: label 0.5 is not an integer"),
     # empty and odd files
     ("empty.csv", b"", r"empty.csv: empty file"),
     ("blank.txt", b"\n  \n", r"blank.txt: holds no texts"),
     ("wide.csv", b"text,label\na,1,extra\n", r"wide.csv: row 1 \(ending at line 2\) has more fields"),
-    ("num.jsonl", b'{"text": 5, "label": 1}\n', r"num.jsonl: the text at row 1 \(line 1\) is a int"),
+    ("num.jsonl", b'{"text": 5, "label": 1}\n', r"num.jsonl: line 1: 'text' is a int, not a string"),
 ])
 def test_bad_file_names_file_and_row(tmp_path, name, data, match):
     with pytest.raises(EdgekdValueError, match=match):
@@ -102,7 +103,7 @@ def test_bad_file_names_file_and_row(tmp_path, name, data, match):
 def test_other_columns_and_limits(tmp_path):
     p = _write(tmp_path / "cols.csv", b"sentence,label\nhi,1\n")
     assert read_texts(p, text_column="sentence") == (["hi"], [1])
-    with pytest.raises(EdgekdValueError, match="limit must be >= 1"):
+    with pytest.raises(EdgekdValueError, match="limit: expected a positive integer, got 0"):
         read_texts(_write(tmp_path / "ok.csv", b"text\na\n"), limit=0)
 
 
@@ -116,3 +117,37 @@ def test_directory_and_device_are_refused(tmp_path):
             read_texts(os.devnull)
         with pytest.raises(EdgekdValueError, match="is not a regular file"):
             load_dataset(os.devnull, format="csv")
+
+
+def _csv(rows):
+    return ("text,label\n" + "\n".join(rows) + "\n").encode()
+
+
+@pytest.mark.parametrize("name,data,needle", [
+    ("non_integer_label.csv", _csv(["up,1", "down,bullish?"]), "line 3: label 'bullish?' is not an integer"),
+    ("huge_field.csv", _csv(["x" * (MAX_FIELD_CHARS + 1) + ",1"]), "line 2: field larger than field limit"),
+    ("huge_text.jsonl", (json.dumps({"text": "x" * (MAX_FIELD_CHARS + 1)}) + "\n").encode(),
+     "line 1: the text is 131,073 characters, over the limit of 131,072"),
+    ("missing_label.csv", _csv(["up,1", "down,", "flat,2"]), "line 3: no label while other rows have one"),
+    ("label_7.csv", _csv(["up,1", "down,7"]), "line 3: label 7 is outside [0, 3)"),
+    ("label_minus_1.csv", _csv(["up,-1", "down,0"]), "line 2: label -1 is outside [0, 3)"),
+    ("empty.csv", b"text,label\n", "holds no texts"),
+    ("utf32.csv", "text,label\nup,1\n".encode("utf-32"), "is UTF-32"),
+])
+def test_runtime_data_rules(tmp_path, name, data, needle):
+    """The rules the runtime CLI states for --data files (num_labels = the bundle's classes)."""
+    p = _write(tmp_path / name, data)
+    with pytest.raises(EdgekdValueError) as e:
+        read_texts(p, num_labels=3)
+    assert needle in str(e.value) and name in str(e.value)
+
+
+def test_label_names_and_whole_files(tmp_path):
+    p = _write(tmp_path / "names.csv", _csv(["up,bullish", "down,0"]))
+    assert read_texts(p, label_names=["bearish", "bullish", "neutral"]) == (["up", "down"], [1, 0])
+    with pytest.raises(EdgekdValueError, match=r"line 2: label 'bullish' is not an integer \(a class id\) or one of"):
+        read_texts(p, label_names=["bearish", "neutral"])
+    j = _write(tmp_path / "r.json", codecs.BOM_UTF8 + b'{"a": 1}\n')
+    assert json.loads(read_text_file(j)) == {"a": 1}
+    with pytest.raises(EdgekdValueError, match="is UTF-16"):
+        read_text_file(_write(tmp_path / "r16.json", '{"a": 1}'.encode("utf-16")))
