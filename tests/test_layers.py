@@ -80,7 +80,7 @@ sys.meta_path.insert(0, Block())
 import edgekd.runtime
 for m in pkgutil.walk_packages(edgekd.runtime.__path__, "edgekd.runtime."):
     importlib.import_module(m.name)
-for name in ("edgekd.metrics", "edgekd.assets", "edgekd.errors", "edgekd.tools.layers"):
+for name in ("edgekd.metrics", "edgekd.assets", "edgekd.errors", "edgekd.data.readers", "edgekd.tools.layers"):
     importlib.import_module(name)
 from edgekd.runtime import Bundle
 print("ok", sorted(k for k in sys.modules if k.startswith("edgekd.runtime")))
