@@ -110,3 +110,35 @@ def test_readme_python_block_runs(workdir, k):
 def test_marker_parsing():
     text = "x\n<!-- readme-test: needs asset:minilm data:tfns -->\n\n```python\nprint(1)\n```\n```python\npass\n```\n"
     assert python_blocks(text) == [(4, "print(1)\n", ["asset:minilm", "data:tfns"]), (7, "pass\n", [])]
+
+
+def layout_rows(text: str) -> list[list[str]]:
+    """The table rows (cells) of README's "## Layout" section."""
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] not in ("path", "---"):
+            rows.append(cells)
+    return rows
+
+
+def test_layout_table_matches_the_tree():
+    from edgekd.tools.layers import LAYER_OF, top_level
+
+    rows = layout_rows(README.read_text(encoding="utf-8"))
+    listed: dict[str, str | None] = {}
+    for cells in rows:
+        for path in re.findall(r"`([^`]+)`", cells[0]):
+            pattern = re.sub(r"<[a-z]+>", "*", path)
+            assert list(REPO.glob(pattern.rstrip("/"))), f"README layout: {path} is not in the tree"
+            listed[path.rstrip("/")] = cells[1] if len(cells) == 3 else None
+    pkg = REPO / "edgekd"
+    present = {f"edgekd/{p.name}" for p in pkg.iterdir()
+               if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())) and p.name != "__pycache__"}
+    assert present <= set(listed), f"README layout misses {sorted(present - set(listed))}"
+    for path, layer in listed.items():
+        if path in present and layer is not None:
+            module = "edgekd" if path == "edgekd/__init__.py" else "edgekd." + path.split("/", 1)[1].removesuffix(".py")
+            assert layer == str(LAYER_OF[top_level(module)]), f"README layout: {path} is on layer {layer}, " \
+                f"edgekd/tools/layers.py says {LAYER_OF[top_level(module)]}"
