@@ -35,8 +35,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from edgekd.data import WordTokenizer, load_tfns
     from edgekd.assets import asset_path
+    from edgekd.data import WordTokenizer, load_tfns
     from edgekd.distill.trainer import EncodedSplit, TrainConfig, train_student
     from edgekd.students import BiLSTMAttentionStudent
     from edgekd.teacher import IGConfig, Teacher, annotate

@@ -50,25 +50,26 @@ def _machine() -> str:
 
 def load_imdb(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     """A class-balanced random subset of ``n`` reviews of ``split`` (train / test)."""
-    rows = [json.loads(line) for line in (DATA / f"{split}.jsonl").open(encoding="utf-8")]
+    from edgekd.data.readers import read_texts
+
+    rows = list(zip(*read_texts(DATA / f"{split}.jsonl")))
     rng = random.Random(seed)
-    pos = [r for r in rows if r["label"] == 1]
-    neg = [r for r in rows if r["label"] == 0]
+    pos = [r for r in rows if r[1] == 1]
+    neg = [r for r in rows if r[1] == 0]
     rng.shuffle(pos)
     rng.shuffle(neg)
     pick = pos[: n // 2] + neg[: n - n // 2]
     rng.shuffle(pick)
-    return [r["text"].replace("<br />", " ") for r in pick], [int(r["label"]) for r in pick]
+    return [t.replace("<br />", " ") for t, _ in pick], [y for _, y in pick]
 
 
 def load_tfns(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     """A stratified random subset of ``n`` TFNS tweets (train = sent_train.csv, test = sent_valid.csv,
     the usual test split); ``n <= 0`` or ``n >= len`` keeps them all."""
-    import csv
+    from edgekd.data.readers import read_texts
 
     name = "sent_train.csv" if split == "train" else "sent_valid.csv"
-    with (TFNS / name).open(encoding="utf-8", newline="") as f:
-        rows = [(r["text"], int(r["label"])) for r in csv.DictReader(f)]
+    rows = list(zip(*read_texts(TFNS / name)))
     rng = random.Random(seed)
     if n <= 0 or n >= len(rows):
         rng.shuffle(rows)

@@ -7,9 +7,9 @@ import zipfile
 
 import pytest
 
+from edgekd.assets import ASSETS, AssetNotInstalledError, asset_parts, asset_path, find_asset
 from edgekd.distill.api import minilm_dir
 from edgekd.distill.embeddings import glove_dir
-from edgekd.assets import ASSETS, AssetNotInstalledError, asset_parts, asset_path, find_asset
 from edgekd.errors import EdgekdError, EdgekdValueError
 
 
