@@ -42,7 +42,7 @@ def main() -> None:
     from edgekd.teacher import IGConfig, Teacher, annotate
 
     tr = load_tfns("train").stratified_sample(2000, seed=5)
-    texts = tr.texts[: args.n]
+    texts, labels = tr.texts[: args.n], tr.labels[: args.n]
     src = args.teacher or str(asset_path("minilm"))
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=3)
@@ -54,7 +54,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for b in range(0, len(texts), 16):
         e = tok(texts[b : b + 16], truncation=True, max_length=64, padding=True, return_tensors="pt")
-        out = model(**e, labels=torch.tensor(tr.labels[b : b + 16]))
+        out = model(**e, labels=torch.tensor(labels[b : b + 16]))
         out.loss.backward()
         opt.step()
         opt.zero_grad()

@@ -23,7 +23,7 @@ def test_formats_agree(tmp_path):
     tsv = _write(tmp_path / "d.tsv", "text\tlabel\ngood news\t2\n\"a \"\"quoted\"\"\nnewline\"\t0\nça va\t1\n".encode())
     jl = tmp_path / "d.jsonl"
     jl.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in rows) + "\n\n", encoding="utf-8")
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a dev dependency
     import pyarrow.parquet as pq
 
     pqp = tmp_path / "d.parquet"
