@@ -42,6 +42,10 @@ CLI_LABEL_NAMES = LABEL_NAMES
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
+__all__ = ["TEXTS", "LABELS", "LABEL_NAMES", "CLI_TEXTS", "CLI_LABELS", "CLI_LABEL_NAMES", "wordpiece_tokenizer",
+           "make_word_tokenizer", "tiny_config", "tiny_classifier", "tiny_encoder", "make_batch", "save_tiny_bert",
+           "make_tiny_teacher", "save_tiny_model_dir", "make_tiny_bert", "save_random_student"]
+
 
 # ----------------------------------------------------------------------------------- tokenizers
 def wordpiece_tokenizer(texts: Sequence[str], *, char_fallback: bool = False, min_count: int = 1,
