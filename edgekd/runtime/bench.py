@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgekdValueError
+from edgekd.metrics import macro_f1
 from edgekd.runtime.bundle import MANIFEST, read_and_verify, safe_extract_zip, write_manifest, write_zip
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product, host_target, normalize_target
 from edgekd.runtime.model import Bundle
-from edgekd.metrics import macro_f1
 
 DEFAULT_BATCHES = (1, 8, 32)
 
