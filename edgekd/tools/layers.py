@@ -126,6 +126,7 @@ def check(pkg_dir: Path | None = None, package: str = ROOT_PACKAGE) -> tuple[lis
 def table(pkg_dir: Path | None = None) -> str:
     pkg_dir = Path(pkg_dir or package_dir())
     present = {top_level(m) for m, _ in iter_modules(pkg_dir)}
+    present |= {f.name.split(".")[0] for f in pkg_dir.glob("*.so")} | {f.name.split(".")[0] for f in pkg_dir.glob("*.pyd")}
     lines = ["| layer | | packages and modules (imports go only to the same or a lower layer) |",
              "| --- | --- | --- |"]
     for layer in sorted(LAYERS, reverse=True):
