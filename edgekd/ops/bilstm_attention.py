@@ -126,6 +126,9 @@ if not _ext.has_extension():  # a second CPU registration would silently overrid
         _ext.warn_fallback("bilstm_attention_pack")
         return bilstm_attention_pack_reference(w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, att_W)
 
+
+# the check op's C++ kernel is missing also from an edgekd._C built before it existed: same rule
+if not torch._C._dispatch_has_kernel_for_dispatch_key(_CHECK, "CPU"):
     torch.library.register_kernel(_CHECK, "cpu")(lambda ids, mask, vocab: _check_inputs_tensor_ops(ids, mask, vocab))
 
 
