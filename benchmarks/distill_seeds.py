@@ -9,7 +9,7 @@ which is the size of the seed-to-seed spread of a small BiLSTM. This says which 
       [--profile quick]   -> benchmarks/results/distill_tfns_seeds.md (+ .json)
 
 ``--base`` is the finished demo run (its ``results.json`` is seed 0 and its ``teacher/`` is
-reused); each seed runs ``edgekd demo --profile P --no-compile --set student_seed=S`` into
+reused); each seed runs ``edgekd demo --profile P --no-compile train.seed=S`` into
 ``BASE-seedS`` with the teacher directory pointed at ``BASE/teacher`` (so nothing is re-fine-tuned
 and the annotation cache is hit).
 """
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import common
+
+ROOT = common.ROOT
 METHODS = ("none", "kl", "mse", "dixtill")
 KEYS = ("accuracy", "macro_f1", "feature_agreement_attention", "sign_agreement_attention")
 
@@ -34,7 +34,7 @@ def run_seed(base: pathlib.Path, profile: str, seed: int) -> dict:
     out = base.parent / f"{base.name}-seed{seed}"
     if not (out / "results.json").is_file():
         cmd = [sys.executable, "-m", "edgekd", "demo", "--profile", profile, "--no-compile", "--out", str(out),
-               "--no-progress", "--set", f"student_seed={seed}", "--set", f"teacher_dir='{base / 'teacher'}'"]
+               "--no-progress", f"train.seed={seed}", f"teacher.dir='{base / 'teacher'}'"]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads((out / "results.json").read_text())
@@ -78,12 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
     lines = [
-        "# DiXtill on TFNS: spread over student seeds",
-        "",
-        f"Command: `.venv/bin/python benchmarks/distill_seeds.py --base {args.base} --profile {args.profile} "
-        f"--seeds {' '.join(map(str, args.seeds))}` (after `make demo`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.processor() or platform.machine()} {os.cpu_count()} cores; {elapsed / 60:.1f} min for the "
-        f"{len(args.seeds)} extra seeds.",
+        f"After `make demo`; {elapsed / 60:.1f} min for the {len(args.seeds)} extra seeds.",
         "",
         f"Same teacher ({teacher['accuracy']:.3f} acc / {teacher['macro_f1']:.3f} macro-F1 on the validation split) and "
         f"the same cached IG annotations for every seed; only the students' seed (initialization, shuffling) changes. "
@@ -100,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Orderings of macro-F1 that hold, out of {len(seeds)} seeds: "
               + ", ".join(f"{k}: {v}/{len(seeds)}" for k, v in order.items()) + "."]
     out = pathlib.Path(args.out)
-    out.write_text("\n".join(lines) + "\n")
+    common.write_results_md(out, "DiXtill on TFNS: spread over student seeds", lines, info=common.machine_info(),
+                            time=common.now())
     out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, "table": table, "orderings": order,
                                                     "teacher": teacher}, indent=2))
     print("\n".join(lines))

@@ -8,11 +8,8 @@ per-step hook (PrunePert's sigma schedule), evaluation on a dev set every N step
 with best-checkpoint selection (early stopping optional), a tqdm bar, a seeded shuffle, and
 checkpoint/resume as safetensors + JSON (never pickle).
 
-The caller builds the model (after :func:`seed_everything`, so that a new head's initialisation is
-seeded) and says how to make a batch from example indices::
-
-    result = train_loop(model, len(train), lambda idx: {"x": X[idx], "labels": y[idx]}, LoopConfig(lr=1e-3))
-
+The caller builds the model (after :func:`seed_everything`: a new head's initialisation is seeded)
+and says how to make a batch from example indices: ``train_loop(model, n, make_batch, LoopConfig())``.
 Optimizer step ``s`` of ``total`` uses ``lr * lr_multiplier(s)``: transformers' linear warm-up and
 decay (or cosine, constant). The checkpoint helpers (:func:`save_optimizer`, :func:`rng_state`, ...)
 live here too; the student trainer uses them.
@@ -389,8 +386,8 @@ def train_loop(
         raise EdgekdValueError(f"train_loop: num_examples must be an int >= 1, got {num_examples!r}")
     if cfg.eval_every is not None and evaluate is None:
         raise EdgekdValueError("train_loop: LoopConfig.eval_every needs an evaluate function (a dev set)")
-    if stop_after is not None and checkpoint_dir is None:
-        raise EdgekdValueError("train_loop: stop_after needs a checkpoint_dir to resume from")
+    if (stop_after is not None or resume) and checkpoint_dir is None:
+        raise EdgekdValueError("train_loop: stop_after and resume need a checkpoint_dir (to resume from)")
     generators = dict(generators or {})
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     loss_fn = loss_fn or _default_loss
@@ -449,12 +446,14 @@ def train_loop(
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=res.steps, desc=desc, disable=not progress, unit="step")
     model.train()
-    this_call = 0
+    this_call, perm_epoch, perm = 0, -1, []
     while res.steps < total and not res.stopped_early:
         if stop_after is not None and this_call >= stop_after:
             break
         epoch, pos = divmod(res.steps, spe)
-        perm = list(order(epoch)) if order is not None else epoch_order(cfg.shuffle, num_examples, cfg.seed, epoch)
+        if epoch != perm_epoch:  # a function of the epoch alone, so a resumed run replays it
+            perm_epoch, perm = epoch, list(order(epoch) if order else epoch_order(cfg.shuffle, num_examples,
+                                                                                  cfg.seed, epoch))
         idx = perm[pos * step_examples:(pos + 1) * step_examples]
         extra = on_step(res.steps, total) if on_step is not None else None
         loss_sum = 0.0
@@ -477,8 +476,7 @@ def train_loop(
         res.steps += 1
         this_call += 1
         bar.update(1)
-        tail = res.losses[-20:]
-        bar.set_postfix(loss=f"{sum(tail) / len(tail):.3f}", **dict(extra or {}))
+        bar.set_postfix(loss=f"{res.final_loss:.3f}", **dict(extra or {}))
         epoch_end = res.steps % spe == 0
         if evaluate is not None and cfg.eval_every is not None and (
                 res.steps == total or (epoch_end if cfg.eval_every == "epoch" else res.steps % cfg.eval_every == 0)):

@@ -119,7 +119,7 @@ def evaluate_classifier(model, tokenizer, data: TextDataset, *, batch_size: int 
     import numpy as np
     from tqdm.auto import tqdm
 
-    from edgekd.runtime.preprocess import macro_f1
+    from edgekd.metrics import macro_f1
 
     was_training = model.training
     model.eval()
@@ -164,29 +164,27 @@ def _check_module(model: Any, tokenizer: Any, what: str):
 
 
 # ------------------------------------------------------------------------------- token pruning
-def _load_for_token_pruning(src: pathlib.Path, cfg: dict, train: TextDataset, layer: int, max_length: int):
-    if (src / "token_pruning.json").is_file():
-        raise EdgekdValueError(f"model: {src} is already token-pruned (token_pruning.json); start from the "
-                               "unpruned model")
+def _check_token_pruning_target(cfg: Mapping[str, Any], where: str, train: TextDataset, layer: int,
+                                max_length: int, classifier: bool) -> list[str] | None:
+    """Checks of a model's Hugging Face config (a dict) for token pruning; the classifier's custom
+    label names (None for transformers' defaults or an encoder)."""
     if any((cfg.get("edgekd_pruned_heads") or {}).values()):
-        raise EdgekdValueError(f"model: {src} is head-pruned (edgekd_pruned_heads); token pruning of head-pruned "
+        raise EdgekdValueError(f"model: {where} is head-pruned (edgekd_pruned_heads); token pruning of head-pruned "
                                "models is not supported")
     n_layers = cfg.get("num_hidden_layers")
     if isinstance(n_layers, int) and not layer < n_layers:
-        raise EdgekdValueError(f"layer: {layer} is out of range for {src}: it has {n_layers} encoder layers, "
+        raise EdgekdValueError(f"layer: {layer} is out of range for {where}: it has {n_layers} encoder layers, "
                                f"so layer must be in 0..{n_layers - 1} (some layers must run on the kept tokens)")
     max_pos = cfg.get("max_position_embeddings")
     if isinstance(max_pos, int) and max_length > max_pos:
         raise EdgekdValueError(f"max_length: {max_length} exceeds the model's max_position_embeddings {max_pos}")
-    archs = cfg.get("architectures") or []
-    is_classifier = any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs)
-    model_names = custom_label_names(cfg) if is_classifier else None
-    if is_classifier and _num_labels(cfg) != train.num_classes:
+    model_names = custom_label_names(cfg) if classifier else None
+    if classifier and _num_labels(cfg) != train.num_classes:
         raise EdgekdValueError(f"train: the data has {train.num_classes} classes {train.label_names} but the "
-                               f"classifier in {src} has {_num_labels(cfg)} labels")
+                               f"classifier in {where} has {_num_labels(cfg)} labels")
     if model_names is not None and model_names != list(train.label_names):
         raise EdgekdValueError(f"train: the data's labels {train.label_names} differ from the classifier's labels "
-                               f"{model_names} in {src}")
+                               f"{model_names} in {where}")
     return model_names
 
 
@@ -254,7 +252,12 @@ def train_token_pruned(
     names = list(train.label_names)
     if isinstance(model, (str, pathlib.Path)):
         src, cfg = read_model_config(model)
-        model_names = _load_for_token_pruning(src, cfg, train, layer, max_length)
+        if (src / "token_pruning.json").is_file():
+            raise EdgekdValueError(f"model: {src} is already token-pruned (token_pruning.json); start from the "
+                                   "unpruned model")
+        archs = cfg.get("architectures") or []
+        is_classifier = any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs)
+        model_names = _check_token_pruning_target(cfg, str(src), train, layer, max_length, is_classifier)
         from transformers import AutoModelForSequenceClassification
 
         seed_everything(loop.seed)
@@ -270,9 +273,7 @@ def train_token_pruned(
         source = str(src)
     else:
         hf = _check_module(model, tokenizer, "token-pruning training")
-        if hf.num_labels != train.num_classes:
-            raise EdgekdValueError(f"train: the data has {train.num_classes} classes but the model has "
-                                   f"{hf.num_labels} labels")
+        _check_token_pruning_target(hf.config.to_dict(), "the model", train, layer, max_length, True)
         source = type(model).__name__
     pruned = apply_token_pruning(hf, pcfg)
     generators = {}

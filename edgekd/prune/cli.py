@@ -7,9 +7,10 @@
   ``--dev``, the ``--num-heads`` least important heads removed); compiles as
   ``hf_sequence_classification``.
 
-Data flags follow the shared grammar: ``--limit N`` takes the FIRST N rows of a file, ``--sample N``
-a class-stratified random sample (seeded by ``--seed``). Until this release ``--limit`` of
-``edgekd prune`` took the stratified sample: it now prints one line saying so. Old spellings
+Flags follow the shared grammar (:mod:`edgekd.cliflags`): ``--limit N`` takes the FIRST N rows of
+a file, ``--sample N`` a class-stratified random sample (seeded by ``--seed``). Until this release
+``--limit`` of ``edgekd prune`` took the stratified sample: it now prints one note saying so, and
+``--valid-limit`` (stratified) is a deprecated spelling of ``--valid-sample``. Old spellings
 (``--max-len``, ``--batch``, ``--text-col``, ``--label-col``) are hidden aliases that print one
 deprecation line.
 
@@ -21,41 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
+from edgekd import cliflags
 from edgekd.errors import EdgekdValueError
-
-_LIMIT_NOTE = ("edgekd: warning: {flag} now takes the FIRST N rows of the file; the class-stratified sample "
-               "it took before is {new} N")
 
 
 # ----------------------------------------------------------------------------------- arguments
-def _alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kw: Any) -> None:
-    """``old`` still works as a hidden spelling of ``new`` and prints one deprecation line."""
-
-    class Deprecated(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            print(f"edgekd: warning: {option_string} is deprecated, use {new}", file=sys.stderr)
-            setattr(namespace, self.dest, values)
-
-    p.add_argument(old, dest=dest, action=Deprecated, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
-
-
-def _limit_flags(p: argparse.ArgumentParser, prefix: str = "", what: str = "rows") -> None:
-    lim, smp, dest = f"--{prefix}limit", f"--{prefix}sample", prefix.replace("-", "_")
-
-    class Limit(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            print(_LIMIT_NOTE.format(flag=option_string, new=smp), file=sys.stderr)
-            setattr(namespace, self.dest, values)
-
-    p.add_argument(lim, dest=f"{dest}limit", type=int, action=Limit,
-                   help=f"use the FIRST N {what} of the file (until this release: a stratified sample, now {smp})")
-    p.add_argument(smp, dest=f"{dest}sample", type=int,
-                   help=f"use a class-stratified random sample of N {what} (seeded by --seed)")
-
-
 def _steps_or_epoch(text: str) -> int | str:
     if text == "epoch":
         return text
@@ -65,21 +38,19 @@ def _steps_or_epoch(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of steps or 'epoch', got {text!r}") from None
 
 
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-column", dest="text_column", default="text", help="text column (default: text)")
-    p.add_argument("--label-column", dest="label_column", default="label", help="label column (default: label)")
-    p.add_argument("--max-length", dest="max_length", type=int, default=128,
-                   help="truncate texts to this many tokens (default 128)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="rows per batch (default 16)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0, help="random seed (samples, initialisation, shuffling)")
-    p.add_argument("--out", required=True, help="output directory (save_pretrained + tokenizer + metrics.json)")
+def _common_args(p: argparse.ArgumentParser, what: str) -> None:
+    cliflags.add_flags(
+        p, "--limit", "--sample", "--text-column", "--label-column", "--max-length", "--batch-size", "--threads",
+        "--seed", "--out",
+        limit=dict(metavar="N", help=f"use the FIRST N {what} of the file (until this release --limit took a "
+                                     "class-stratified sample: that is --sample now)"),
+        sample=dict(metavar="N", help=f"use a class-stratified random sample of N {what} (seeded by --seed)"),
+        text_column=dict(default="text"), label_column=dict(default="label"),
+        max_length=dict(default=128, help="truncate texts to this many tokens (default 128)"),
+        batch_size=dict(default=16, help="rows per batch (default 16)"), seed=dict(default=0),
+        out=dict(required=True, help="output directory (save_pretrained + tokenizer + metrics.json)"))
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
-    for old, new, dest, kw in (("--text-col", "--text-column", "text_column", {}),
-                               ("--label-col", "--label-column", "label_column", {}),
-                               ("--max-len", "--max-length", "max_length", {"type": int}),
-                               ("--batch", "--batch-size", "batch_size", {"type": int})):
-        _alias(p, old, new, dest, **kw)
+    cliflags.add_old_spellings(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,11 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--estimator", choices=["exact", "diagonal"], default="exact")
     t.add_argument("--train", required=True, help="training data (CSV/TSV/JSONL/Parquet/HF datasets dir)")
     t.add_argument("--valid", help="validation data: accuracy and macro-F1 of the pruned model (hard top-k)")
-    t.add_argument("--label-names", dest="label_names",
-                   help="comma-separated class names in id order, for integer labels (default: the classifier's "
-                        "names, else 0, 1, ...)")
-    _limit_flags(t, what="training rows")
-    _limit_flags(t, "valid-", what="validation rows")
+    cliflags.add_flags(t, "--label-names", label_names=dict(
+        help="comma-separated class names in id order, for integer labels (default: the classifier's names, "
+             "else 0, 1, ...)"))
+    t.add_argument("--valid-sample", dest="valid_sample", type=int, metavar="N",
+                   help="evaluate on a class-stratified random sample of N validation rows (seeded by --seed)")
+    cliflags.add_alias(t, "--valid-limit", "--valid-sample", type=int)
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--lr", type=float, default=5e-5)
     t.add_argument("--scorer-lr", dest="scorer_lr", type=float, help="learning rate of the new scorer (default: --lr)")
@@ -122,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--checkpoint-dir", dest="checkpoint_dir",
                    help="write resumable checkpoints (safetensors + JSON) there; --resume continues from them")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
-    _common_args(t)
+    _common_args(t, "training rows")
     t.set_defaults(func=cmd_tokens)
 
     h = psub.add_parser("heads", help="remove the N least important attention heads (Michel et al. 2019)",
@@ -131,8 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--model", required=True, help="fine-tuned BertForSequenceClassification dir (may be head-pruned)")
     h.add_argument("--num-heads", dest="num_heads", type=int, required=True, help="heads to remove in total")
     h.add_argument("--dev", required=True, help="labelled dev data for the importance scores")
-    _limit_flags(h, what="dev rows")
-    _common_args(h)
+    _common_args(h, "dev rows")
     h.set_defaults(func=cmd_heads)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -215,7 +186,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     _positive("--lr", args.lr, float)
     if args.scorer_lr is not None:
         _positive("--scorer-lr", args.scorer_lr, float)
-    _check_counts(args, ("limit", "sample", "valid_limit", "valid_sample", "grad_accum", "patience"))
+    _check_counts(args, ("limit", "sample", "valid_sample", "grad_accum", "patience"))
+    cliflags.note_limit(args, "prune tokens")
     if args.resume and not args.checkpoint_dir:
         raise EdgekdValueError("--resume: needs --checkpoint-dir")
     if args.patience is not None and args.eval_every is None:
@@ -231,14 +203,13 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     archs = cfg.get("architectures") or []
     is_classifier = any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs)
     model_names = custom_label_names(cfg) if is_classifier else None
-    given = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
-    if given is not None and (not all(given) or len(set(given)) != len(given)):
-        raise EdgekdValueError(f"--label-names: expected distinct, non-empty comma-separated names, got {args.label_names!r}")
+    given = args.label_names or None
+    if given is not None and len(set(given)) != len(given):
+        raise EdgekdValueError(f"--label-names: expected distinct, non-empty comma-separated names, got {given!r}")
     if given is not None and model_names is not None and given != model_names:
         raise EdgekdValueError(f"--label-names: {given} differ from the classifier's labels {model_names} in {src}")
     train = _load_data(args.train, "--train", args, given or model_names, args.limit, args.sample)
-    valid = (_load_data(args.valid, "--valid", args, train.label_names, args.valid_limit, args.valid_sample)
-             if args.valid else None)
+    valid = _load_data(args.valid, "--valid", args, train.label_names, None, args.valid_sample) if args.valid else None
     _setup(args)
     loop = LoopConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       seed=args.seed, eval_every=args.eval_every, patience=args.patience)
@@ -263,6 +234,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
     if isinstance(args.num_heads, bool) or args.num_heads < 1:
         raise EdgekdValueError(f"--num-heads: expected an int >= 1, got {args.num_heads}")
     _check_counts(args, ("limit", "sample"))
+    cliflags.note_limit(args, "prune heads")
 
     from edgekd.prune.api import custom_label_names, prune_heads_by_importance, read_model_config
 

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgekdValueError
-from edgekd.prune.token_config import _SCORERS, TokenPruningConfig, _is_number
+from edgekd.prune.config import _SCORERS, TokenPruningConfig, _is_number
 
 __all__ = [
     "TokenPruningConfig",

@@ -3,7 +3,6 @@ flags over it, on tiny random BERTs and a dozen rows."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 
 import pytest
@@ -22,7 +21,7 @@ from edgekd.prune import (
     train_token_pruned,
 )
 from edgekd.training import LoopConfig
-from prune_helpers import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir, tiny_classifier
+from factories import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir, tiny_classifier
 
 FAST = ["--num-samples", "8", "--batch-size", "4", "--max-length", "16", "--no-progress"]
 
@@ -38,13 +37,8 @@ def classifier_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def train_csv(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    with open(d / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(CLI_TEXTS, CLI_LABELS))
-    return d / "train.csv"
+def train_csv(data):
+    return data / "train.csv"
 
 
 def _weights(d):
@@ -107,6 +101,9 @@ def test_train_token_pruned_errors(classifier_dir, train_data, tmp_path):
         (dict(train=TextDataset(CLI_TEXTS, CLI_LABELS, ["a", "b", "c"])), "differ from the classifier's labels"),
         (dict(train=[("a", 0)]), "train: expected an edgekd.data.TextDataset"),
         (dict(model=tiny_classifier()), "tokenizer: give the model's tokenizer"),
+        (dict(model=tiny_classifier(num_labels=2), tokenizer=object()), "the classifier in the model has 2 labels"),
+        (dict(model=tiny_classifier(), tokenizer=object(), max_length=100), "max_length: 100 exceeds"),
+        (dict(model=tiny_classifier(), tokenizer=object(), layer=4), "layer: 4 is out of range for the model"),
         (dict(model=torch.nn.Linear(2, 2)), "model: token-pruning training needs a BertForSequenceClassification"),
         (dict(keep_ratio=None), "give exactly one of keep_ratio and k"),
         (dict(training={"epoch": 1}), "unknown training settings"),
@@ -152,11 +149,19 @@ def test_limit_takes_the_first_rows_and_sample_a_stratified_one(classifier_dir, 
             str(train_csv), "--epochs", "1", *FAST]
     assert main(base + ["--limit", "5", "--out", str(tmp_path / "lim")]) == 0
     err = capsys.readouterr().err
-    assert err.count("warning") == 1 and "--limit now takes the FIRST N rows" in err and "--sample N" in err
+    assert err.splitlines()[0] == ("edgekd: note: prune tokens --limit now takes the FIRST N rows; "
+                                   "--sample N takes the class-stratified sample it took before")
+    assert err.count("edgekd: note") == 1 and "warning" not in err
     assert json.loads((tmp_path / "lim" / "metrics.json").read_text())["train"]["examples"] == 5
-    assert main(base + ["--sample", "6", "--out", str(tmp_path / "smp")]) == 0
-    assert "warning" not in capsys.readouterr().err
-    assert json.loads((tmp_path / "smp" / "metrics.json").read_text())["train"]["examples"] == 6
+    assert main(base + ["--sample", "6", "--valid", str(train_csv), "--valid-sample", "9",
+                        "--out", str(tmp_path / "smp")]) == 0
+    assert "note" not in capsys.readouterr().err
+    m = json.loads((tmp_path / "smp" / "metrics.json").read_text())
+    assert m["train"]["examples"] == 6 and m["valid"]["n"] == 9
+    # the old stratified --valid-limit is a deprecated spelling of --valid-sample
+    assert main(base + ["--valid", str(train_csv), "--valid-limit", "9", "--out", str(tmp_path / "vl")]) == 0
+    assert capsys.readouterr().err.count("edgekd: warning: --valid-limit is deprecated, use --valid-sample") == 1
+    assert json.loads((tmp_path / "vl" / "metrics.json").read_text())["valid"]["n"] == 9
     # which rows: the first 5 (steps see them); the sample keeps the class shares of the file
     from edgekd.data import load_dataset
 

@@ -1,7 +1,6 @@
 """``edgekd prune tokens`` / ``edgekd prune heads`` run in-process on tiny random BERTs and a dozen rows."""
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -10,23 +9,9 @@ import pytest
 import torch
 
 from edgekd.cli import build_parser, main
-from prune_helpers import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir
+from factories import CLI_LABEL_NAMES, save_tiny_model_dir
 
 FAST = ["--num-samples", "8", "--batch-size", "4", "--max-length", "16", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    with open(d / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(CLI_TEXTS, CLI_LABELS))
-    with open(d / "dev.jsonl", "w") as f:  # other column names, string labels
-        for t, y in zip(CLI_TEXTS, CLI_LABELS):
-            f.write(json.dumps({"sentence": t, "sentiment": CLI_LABEL_NAMES[y]}) + "\n")
-    (d / "header_only.csv").write_text("text,label\n")
-    return d
 
 
 @pytest.fixture(scope="module")

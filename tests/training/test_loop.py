@@ -281,8 +281,9 @@ def test_loop_errors(tmp_path):
     x, y = toy_data()
     with pytest.raises(EdgekdValueError, match="eval_every needs an evaluate function"):
         train_loop(toy_model(), N, batcher(x, y), LoopConfig(eval_every=2), progress=False)
-    with pytest.raises(EdgekdValueError, match="stop_after needs a checkpoint_dir"):
-        train_loop(toy_model(), N, batcher(x, y), stop_after=1, progress=False)
+    for kw in (dict(stop_after=1), dict(resume=True)):
+        with pytest.raises(EdgekdValueError, match="stop_after and resume need a checkpoint_dir"):
+            train_loop(toy_model(), N, batcher(x, y), progress=False, **kw)
     with pytest.raises(EdgekdValueError, match="returned no loss"):
         train_loop(toy_model(), N, lambda idx: {"x": x[idx]}, progress=False)
     with pytest.raises(EdgekdValueError, match="without 'macro_f1'"):
