@@ -4,56 +4,37 @@
     edgekd llm distill --teacher teacher.gguf --student student/ --train train.jsonl --valid held.jsonl \\
         --loss forward_kl --out distilled/
 
-Text files: ``.txt`` (one text per line), ``.jsonl`` / ``.csv`` / ``.tsv`` (the ``--text-column``).
+Text files: anything :mod:`edgekd.data.readers` reads (``.txt`` one text a line, ``.csv`` / ``.tsv`` /
+``.jsonl`` / ``.parquet`` with ``--text-column``).
 Texts are packed into ``--max-length``-token sequences (EOS between texts).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import pathlib
 
 from edgekd.errors import EdgekdValueError
 
 
 def read_texts(path: str, text_column: str = "text", limit: int | None = None) -> list[str]:
-    """Texts of a .txt (one per line), .jsonl, .csv or .tsv file; the first ``limit`` of them."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise EdgekdValueError(f"{path}: no such file")
-    suffix = p.suffix.lower()
-    out: list[str] = []
-    with p.open(encoding="utf-8", newline="") as f:
-        if suffix == ".txt":
-            rows = (line.rstrip("\r\n") for line in f)
-        elif suffix == ".jsonl":
-            rows = (json.loads(line).get(text_column) for line in f if line.strip())
-        elif suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            if text_column not in (reader.fieldnames or []):
-                raise EdgekdValueError(f"{path}: no column {text_column!r} (columns: {reader.fieldnames})")
-            rows = (r[text_column] for r in reader)
-        else:
-            raise EdgekdValueError(f"{path}: expected a .txt, .jsonl, .csv or .tsv file")
-        for t in rows:
-            if isinstance(t, str) and t.strip():
-                out.append(t)
-                if limit is not None and len(out) >= limit:
-                    break
-    if not out:
+    """The non-blank texts of the first ``limit`` rows of a text file (:mod:`edgekd.data.readers`)."""
+    from edgekd.data.readers import read_texts as read
+
+    texts = [t for t in read(path, limit, text_column=text_column, label_column=None)[0] if t.strip()]
+    if not texts:
         raise EdgekdValueError(f"{path}: no texts (column {text_column!r})")
-    return out
+    return texts
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output model directory (config + safetensors + tokenizer)")
-    p.add_argument("--text-column", dest="text_column", default="text", help="text column of .jsonl/.csv files")
-    p.add_argument("--max-length", dest="max_length", type=int, default=128, help="tokens per packed sequence")
-    p.add_argument("--limit", type=int, help="use the FIRST N texts of each file")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch threads")
+    from edgekd import cliflags
+
+    cliflags.add_flags(
+        p, "--out", "--text-column", "--max-length", "--limit", "--batch-size", "--seed", "--threads",
+        out=dict(required=True, help="output model directory (config + safetensors + tokenizer)"),
+        text_column=dict(default="text"), max_length=dict(default=128, help="tokens per packed sequence (default 128)"),
+        limit=dict(metavar="N", help="use the FIRST N texts of each file"),
+        batch_size=dict(default=4, help="sequences per batch (default 4)"), seed=dict(default=0))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,8 +88,8 @@ def _prune(args) -> int:
     from edgekd.llm.trainer import pack_texts
 
     _setup(args)
-    model, tok = load_causal_lm(args.model)
     texts = read_texts(args.calib, args.text_column, args.limit)
+    model, tok = load_causal_lm(args.model)
     calib = pack_texts(tok, texts, args.max_length, max_sequences=args.calib_sequences)["input_ids"]
     batches = P.calibration_batches(calib, batch_size=args.batch_size)
     n = model.config.num_hidden_layers
@@ -134,11 +115,12 @@ def _distill(args) -> int:
     _setup(args)
     if args.loss != "ce" and not args.teacher:
         raise EdgekdValueError(f"--teacher is required with --loss {args.loss}")
+    train_texts = read_texts(args.train, args.text_column, args.limit)
+    valid_texts = read_texts(args.valid, args.text_column, args.limit) if args.valid else None
     student, tok = load_causal_lm(args.student)
     teacher = load_causal_lm(args.teacher, tokenizer=False)[0] if args.loss != "ce" else None
-    train = pack_texts(tok, read_texts(args.train, args.text_column, args.limit), args.max_length)
-    valid = pack_texts(tok, read_texts(args.valid, args.text_column, args.limit), args.max_length) \
-        if args.valid else None
+    train = pack_texts(tok, train_texts, args.max_length)
+    valid = pack_texts(tok, valid_texts, args.max_length) if valid_texts else None
     cfg = LLMTrainConfig(loss=args.loss, temperature=args.temperature, ce_weight=args.ce_weight)
     lc = cfg.loop
     lc.epochs, lc.max_steps, lc.lr, lc.batch_size, lc.grad_accum, lc.seed = (

@@ -52,4 +52,8 @@ def test_user_errors_exit_2(files, capsys):
     assert "--teacher is required" in capsys.readouterr().err
     assert main(["llm", "distill", "--student", str(t / "teacher"), "--train", str(t / "valid.jsonl"),
                  "--text-column", "body", "--loss", "ce", "--out", str(t / "d")]) == 2
-    assert "no texts" in capsys.readouterr().err
+    assert "valid.jsonl: line 1: no 'body' field" in capsys.readouterr().err
+    (t / "blank.txt").write_text("\n  \n")
+    assert main(["llm", "distill", "--student", str(t / "teacher"), "--train", str(t / "blank.txt"),
+                 "--loss", "ce", "--out", str(t / "d")]) == 2
+    assert "blank.txt: holds no texts" in capsys.readouterr().err
