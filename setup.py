@@ -84,6 +84,7 @@ def torch_build_info() -> dict:
         "torch_abi": ".".join(version.split(".")[:2]),
         "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
         "python": f"cp{sys.version_info.major}{sys.version_info.minor}",
+        "march_native": os.environ.get("EDGEKD_NATIVE_ARCH", "0") == "1",
     }
 
 
@@ -126,6 +127,8 @@ if WITH_EXT:
                 raise SystemExit(f"EDGEKD_PREBUILT_EXT: need {src} and its {BUILD_INFO} next to it "
                                  "(run `python setup.py build_ext --inplace` first)")
             info = json.loads(info_file.read_text(encoding="utf-8"))
+            if info.get("march_native"):
+                raise SystemExit(f"EDGEKD_PREBUILT_EXT: {src} was built with -march=native: not for a wheel")
             now = torch_build_info()
             if {k: info.get(k) for k in ("torch_abi", "cxx11_abi", "python")} != \
                     {k: now[k] for k in ("torch_abi", "cxx11_abi", "python")}:

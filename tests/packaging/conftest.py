@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "packaging" / "runtime"))  # runtime_layout: the r
 def run(cmd, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run a command; on failure the assertion shows its output."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this checkout leaks in
-    env.update(PYTHONDONTWRITEBYTECODE="1", **kw.pop("env", {}))
+    env.update(kw.pop("env", {}))
     t0 = time.perf_counter()
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=env, **kw)
     r.seconds = time.perf_counter() - t0
