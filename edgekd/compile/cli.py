@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name")
     p.add_argument("--no-arm64-check", action="store_true", help="skip running the arm64 variants under emulation")
     p.add_argument("--no-zip", action="store_true")
+    p.add_argument("--ort", action="store_true",
+                   help="also write ORT-format (.ort) copies and required-operators configs (ONNX Runtime Mobile)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_compile)
 
@@ -36,6 +38,6 @@ def _compile(args: argparse.Namespace) -> int:
                         targets=tuple(t for t in args.targets.split(",") if t),
                         precisions=tuple(p for p in args.precisions.split(",") if p), opset=args.opset,
                         name=args.name, arm64_check=not args.no_arm64_check and "auto",
-                        make_zip=not args.no_zip, overwrite=args.overwrite)
+                        make_zip=not args.no_zip, ort_format=args.ort, overwrite=args.overwrite)
     print(out)
     return 0

@@ -2,8 +2,10 @@
 
 ``onnxruntime.tools.convert_onnx_models_to_ort`` converts each variant's ONNX file into the
 flatbuffer ORT format with the ``Fixed`` optimisation style (optimisations for the CPU execution
-provider applied before saving, for the variant's target: ``amd64`` for x86_64, ``arm`` for
-arm64), and writes, per target, the ``required_operators.config`` that onnxruntime's minimal build
+provider applied before saving, for the variant's target: ``arm`` for arm64, which also lets
+onnxruntime fuse int8 QDQ into its ARM int8 kernels; the generic platform for x86_64, which, unlike
+``amd64``, leaves out the NCHWc layout blocked to the converting CPU's SIMD width, so the copy
+runs on every x86-64 CPU like the ONNX variants), and writes, per target, the ``required_operators.config`` that onnxruntime's minimal build
 takes (``build.sh --minimal_build --include_ops_by_config ...``). Files go under ``ort/`` in the
 bundle; each variant's manifest entry gets an ``ort`` record and the manifest an ``ort`` table, so
 they are listed and checksummed like every other file. A copy whose logits drift from its ONNX
@@ -23,7 +25,8 @@ import numpy as np
 from edgekd.errors import EdgekdError
 
 ORT_DIR = "ort"
-PLATFORMS = {"x86_64": "amd64", "arm64": "arm"}
+# the tool's target_platform per target (None: generic; "amd64" would bake the host's NCHWc blocking)
+PLATFORMS = {"x86_64": None, "arm64": "arm"}
 STYLE = "Fixed"
 
 
@@ -65,7 +68,7 @@ def convert_variants_to_ort(out: pathlib.Path, variants: list[dict[str, Any]],
             diff = float(np.abs(logits_of(out / rel) - onnx_logits[v["file"]]).max())
             if v["precision"] == "fp32" and not diff <= fp32_atol:
                 raise EdgekdError(f"ort: {rel} differs from {v['file']} by {diff:.3g} in logits (> {fp32_atol:g})")
-            v["ort"] = {"file": rel, "size": (out / rel).stat().st_size, "target_platform": PLATFORMS[target],
+            v["ort"] = {"file": rel, "target_platform": PLATFORMS[target] or "generic",
                         "optimization_style": STYLE, "max_abs_logit_diff_vs_onnx": diff,
                         "required_operators": config}
     return {"tool": "onnxruntime.tools.convert_onnx_models_to_ort", "onnxruntime_version": ort.__version__,

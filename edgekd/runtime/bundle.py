@@ -281,4 +281,8 @@ def read_and_verify(root: str | os.PathLike) -> dict[str, Any]:
         if rel not in listed:
             raise BundleError(f"bundle: model file {rel!r} of variant {v.get('id')!r} is missing")
         check_external_data(root / rel, root, listed)
+        if v.get("ort") is not None:  # the ORT-format copy (compile --ort); no external data in that format
+            ort_rel = check_relpath((v["ort"] or {}).get("file", ""), f"variant {v.get('id')!r} ort file")
+            if ort_rel not in listed:
+                raise BundleError(f"bundle: ORT model file {ort_rel!r} of variant {v.get('id')!r} is missing")
     return manifest

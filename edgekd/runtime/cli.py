@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("texts", nargs="+")
     p.add_argument("--target", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"])
+    p.add_argument("--format", default="onnx", choices=["onnx", "ort"],
+                   help="run the variant's ONNX file or its ORT-format copy (bundles compiled with --ort)")
     p.set_defaults(func=_predict)
 
     b = sub.add_parser("bench", help="benchmark a bundle on this machine (latency, throughput, RSS, size)")
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from edgekd.runtime.model import Bundle
 
-    bundle = Bundle.load(args.bundle, target=args.target, precision=args.precision)
+    bundle = Bundle.load(args.bundle, target=args.target, precision=args.precision, format=args.format)
     pred = bundle.predict(args.texts)
     for k, text in enumerate(args.texts):
         row: dict[str, Any] = {"text": text, "label": pred.labels[k],

@@ -73,6 +73,22 @@ def select_variant(manifest: dict[str, Any], target: str = "auto", precision: st
     raise BundleError(f"precision: the bundle has no {precision} variant for {tgt!r} usable on this CPU")
 
 
+MODEL_FORMATS = ("onnx", "ort")
+
+
+def variant_in_format(variant: dict[str, Any], format: str = "onnx") -> dict[str, Any]:
+    """``variant`` as loaded in ``format``: ``"onnx"`` (its ``file``) or ``"ort"`` (its ORT-format
+    copy, ``variant["ort"]["file"]``, written by ``compile --ort``); ``file`` then names that copy."""
+    if format == "onnx":
+        return variant
+    if format != "ort":
+        raise EdgekdValueError(f"format: expected one of {list(MODEL_FORMATS)}, got {format!r}")
+    ort = variant.get("ort")
+    if not isinstance(ort, dict) or not ort.get("file"):
+        raise BundleError(f"format: variant {variant.get('id')!r} has no ORT-format copy (compile with --ort)")
+    return {**variant, "file": ort["file"], "format": "ort", "onnx_file": variant["file"]}
+
+
 class Bundle:
     """A loaded bundle: ``Bundle.load(path)`` then ``predict(texts)``. Thread-safe: onnxruntime
     sessions and tokenizers may be shared by threads; nothing here mutates after loading."""
@@ -107,9 +123,12 @@ class Bundle:
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike, target: str = "auto", precision: str = "auto",
-             threads: int | None = None) -> "Bundle":
+             threads: int | None = None, format: str = "onnx") -> "Bundle":
         """Verify and load a bundle directory or ``.zip``; see :func:`select_variant` for
-        ``target``/``precision``. Raises :class:`edgekd.errors.BundleError` on any integrity problem."""
+        ``target``/``precision``; ``format="ort"`` runs the variant's ORT-format copy
+        (:func:`variant_in_format`). Raises :class:`edgekd.errors.BundleError` on any integrity problem."""
+        if format not in MODEL_FORMATS:
+            raise EdgekdValueError(f"format: expected one of {list(MODEL_FORMATS)}, got {format!r}")
         path = pathlib.Path(path)
         tmpdir = None
         if path.is_dir():
@@ -126,7 +145,7 @@ class Bundle:
             raise BundleError(f"bundle: {path} does not exist")
         try:
             manifest = read_and_verify(root)
-            variant = select_variant(manifest, target, precision)
+            variant = variant_in_format(select_variant(manifest, target, precision), format)
             return cls(root, manifest, variant, threads, path, tmpdir)
         except BaseException:
             if tmpdir is not None:
@@ -174,9 +193,10 @@ class Bundle:
         return f"Bundle({str(self.source)!r}, variant={self.variant['id']!r}, labels={self.label_names})"
 
 
-def load(path: str | os.PathLike, target: str = "auto", precision: str = "auto", threads: int | None = None) -> Bundle:
+def load(path: str | os.PathLike, target: str = "auto", precision: str = "auto", threads: int | None = None,
+         format: str = "onnx") -> Bundle:
     """Shorthand for :meth:`Bundle.load`."""
-    return Bundle.load(path, target=target, precision=precision, threads=threads)
+    return Bundle.load(path, target=target, precision=precision, threads=threads, format=format)
 
 
 __all__ = ["Bundle", "Predictions", "load", "select_variant", "has_int8_dot_product"]
