@@ -11,7 +11,8 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "compile"))  # compile_helpers: the compile tests' tiny models
+# compile_helpers (the compile tests' tiny models): tests/compile/, or tests/ where it may move
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "compile")]
 sys.path.insert(0, str(REPO / "packaging" / "runtime"))  # runtime_layout: the runtime's file list
 
 
@@ -47,7 +48,8 @@ def runtime_dist(tmp_path_factory) -> dict[str, pathlib.Path]:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> pathlib.Path:
-    """A BiLSTM student compiled by edgekd.compile (x86_64 and arm64 variants, fp32 and int8)."""
+    """A BiLSTM student compiled by edgekd.compile (x86_64 and arm64 variants, fp32 and int8, with
+    their ORT-format copies)."""
     from tokenizers import Tokenizer
 
     from compile_helpers import LABELS, TEXTS, make_word_tokenizer, save_random_student
@@ -58,4 +60,4 @@ def tiny_bundle(tmp_path_factory) -> pathlib.Path:
     student = save_random_student(tmp / "student", Tokenizer.from_file(str(tok)).get_vocab_size() + 3)
     (student / "tokenizer.json").write_bytes(tok.read_bytes())
     return compile_student(student, tmp / "bundle", eval_texts=TEXTS, eval_labels=LABELS, max_length=16,
-                           arm64_check=False, progress=False)
+                           arm64_check=False, progress=False, ort_format=True)

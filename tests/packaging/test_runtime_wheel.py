@@ -46,9 +46,11 @@ def test_runtime_wheel_is_pure_python_with_only_the_runtime(runtime_dist):
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert sorted(n for n in names if n.startswith("edgekd/")) == runtime_files(REPO)
-    requires = sorted(line.split(":", 1)[1].strip().split(">")[0].split("=")[0].split("<")[0]
-                      for line in meta.splitlines() if line.startswith("Requires-Dist:"))
-    assert requires == ["numpy", "onnxruntime", "tokenizers"]
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    base = sorted(r.split(">")[0].split("=")[0].split("<")[0] for r in requires if "extra ==" not in r)
+    assert base == ["numpy", "onnxruntime", "tokenizers"]
+    # optional only: manifest signatures (edgekd-runtime[sign])
+    assert [r for r in requires if "extra ==" in r] == ['cryptography>=42; extra == "sign"']
     assert "edgekd = edgekd.cli:main" in entry_points
     # its sdist holds the same sources, so a build from the sdist (what `build` did) is the same
     with tarfile.open(runtime_dist["sdist"]) as t:
@@ -116,3 +118,7 @@ def test_runtime_wheel_predicts_on_emulated_arm64(runtime_dist, tiny_bundle, tmp
     print(f"emulated aarch64 `edgekd predict`: {r.seconds:.1f} s")
     # the emulated CPU picks the arm64 fp32 variant; the same file on this host gives the same numbers
     _check_rows(r.stdout, texts, tiny_bundle, atol=1e-4, precision="fp32", target="arm64")
+    # and its ORT-format copy (what ONNX Runtime Mobile runs) through aarch64 onnxruntime
+    r = run([arm / "python", "-m", "edgekd", "predict", tiny_bundle.with_suffix(".zip"), *texts, "--precision",
+             "fp32", "--format", "ort"], cwd=tmp_path, env=env)
+    _check_rows(r.stdout, texts, tiny_bundle, atol=1e-4, precision="fp32", target="arm64", format="ort")
