@@ -148,10 +148,14 @@ if WITH_EXT:
 
     cmdclass["build_ext"] = SdkBuildExt
 
+# the profiles of `edgekd demo` (TOML configs) ship inside the package
+package_data = {"edgekd": ["configs/*.toml"]}
+
 setup(
     version=VERSION,
     packages=packages,
     package_dir=package_dir,
+    package_data=package_data,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=install_requires,

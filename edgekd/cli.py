@@ -9,22 +9,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from edgekd import __version__
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdDeprecationWarning, EdgekdError
 
-# module paths that expose register(subparsers); each area adds its own line
+# module paths that expose register(subparsers), in the order of the job (and of `edgekd --help`):
+# the main job, its steps, then compiling and running bundles; each area adds its own line
 _COMMAND_MODULES: list[str] = [
+    "edgekd.pipeline.cli",
+    "edgekd.distill.cli",
+    "edgekd.teacher.cli",
+    "edgekd.prune.cli",
     "edgekd.compile.cli",
     "edgekd.runtime.cli",
-    "edgekd.teacher.cli",
-    "edgekd.distill.cli",
-    "edgekd.prune.cli",
 ]
-
-
-def _is_self_or_parent(missing: str, module: str) -> bool:
-    return module == missing or module.startswith(missing + ".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,12 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    parser.epilog = _nested_epilog(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `edgekd demo --profile quick train.epochs=3 --threads 2 ig.steps=4`: table.key=value items
+        # anywhere after the verb are overrides (argparse takes only the first run of positionals)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "func", None):
+        args.func = _printing_deprecations(args.func)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -65,6 +74,42 @@ def main(argv: list[str] | None = None) -> int:
         print("edgekd: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
+    """One line naming every nested command (``teacher finetune``, ``prune tokens``, ...), so
+    ``edgekd --help`` lists all of them, flat and nested alike."""
+    nested = []
+    for name, p in sub.choices.items():
+        for action in p._actions:  # noqa: SLF001  (argparse has no public accessor)
+            if isinstance(action, argparse._SubParsersAction):
+                nested += [f"{name} {child}" for child in action.choices]
+    if not nested:
+        return None
+    return "nested commands: " + ", ".join(nested) + ". Run `edgekd COMMAND --help` for the flags of each."
+
+
+def _show_deprecation(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """Deprecations of old settings and spellings: one ``edgekd: warning:`` line, as for old flags."""
+    if issubclass(category, EdgekdDeprecationWarning):
+        print(f"edgekd: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
+def _printing_deprecations(func):
+    """``func`` with the deprecations it raises printed as one ``edgekd: warning:`` line each."""
+    def run(args):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_deprecation
+            return func(args)
+
+    return run
+
+
+def _is_self_or_parent(missing: str, module: str) -> bool:
+    """``missing`` (a ModuleNotFoundError's name) is ``module`` or a package above it: not installed."""
+    return module == missing or module.startswith(missing + ".")
 
 
 if __name__ == "__main__":  # pragma: no cover
