@@ -118,64 +118,43 @@ def _append(results: pathlib.Path, row: dict) -> None:
 
 
 def cmd_train(args) -> None:
-    from tqdm.auto import tqdm
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from edgekd.prune import TokenPruningConfig, apply_token_pruning
+    from edgekd.data import TextDataset
+    from edgekd.prune import train_token_pruned
+    from edgekd.training import LoopConfig, epoch_order, train_loop
 
     torch.manual_seed(args.seed)
     tok = BertTokenizerFast.from_pretrained(args.base)
     model = BertForSequenceClassification.from_pretrained(args.base, num_labels=NUM_LABELS[_DATASET], attn_implementation="sdpa")
-    pruned = None
-    if args.prune_layer is not None:
-        cfg = TokenPruningConfig(
-            layer=args.prune_layer,
-            keep_ratio=args.keep,
-            num_samples=args.num_samples,
-            sigma=args.sigma,
-            estimator=args.estimator,
-        )
-        pruned = apply_token_pruning(model, cfg)
-        pruned.generator = torch.Generator().manual_seed(args.seed)
-    net = pruned if pruned is not None else model
     texts, labels = load_data("train", args.train_n, args.seed)
-    # the new classifier (and the pooler, which all-MiniLM-L6-v2 never trained for classification)
-    # get a larger learning rate than the encoder: with a budget of a few dozen steps the head
-    # would otherwise barely move from its random initialisation
-    head = ("classifier.", "bert.pooler.", "model.classifier.", "model.bert.pooler.")
-    params = [
-        {"params": [p for n, p in net.named_parameters() if not n.startswith(("scorer.",) + head)], "lr": args.lr},
-        {"params": [p for n, p in net.named_parameters() if n.startswith(head)], "lr": args.head_lr},
-    ]
-    if pruned is not None:
-        params.append({"params": list(pruned.scorer.parameters()), "lr": args.scorer_lr})
-    opt = torch.optim.AdamW(params, weight_decay=0.01)
-    steps = args.epochs * ((len(texts) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
-    net.train()
-    step = 0
-    t0 = time.time()
-    bar = tqdm(total=steps, desc=f"train {args.name}", unit="step")
-    for epoch in range(args.epochs):
-        order = list(range(len(texts)))
-        random.Random(args.seed + epoch).shuffle(order)
-        for i in range(0, len(order), args.batch):
-            idx = order[i : i + args.batch]
-            enc = encode(tok, [texts[j] for j in idx], args.max_len)
-            y = torch.tensor([labels[j] for j in idx])
-            if pruned is not None:
-                pruned.set_progress(step / steps)
-            loss = net(**enc, labels=y).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    train_s = time.time() - t0
+    # the shared loop (edgekd.training): AdamW (weight decay 0.01), linear decay without warm-up,
+    # clipping at 1.0, a random.Random(seed + epoch) shuffle. The new classifier (and the pooler,
+    # which all-MiniLM-L6-v2 never trained for classification) learn at --head-lr: with a budget of
+    # a few dozen steps the head would otherwise barely move from its random initialisation
+    loop = LoopConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, warmup_ratio=0.0,
+                      head_lr_multiplier=args.head_lr / args.lr, seed=args.seed)
+
+    def order(epoch: int) -> list[int]:
+        return epoch_order("python", len(texts), args.seed + epoch, 0)
+
+    pruned = None
+    if args.prune_layer is not None:  # the prune API: scorer after --prune-layer, sigma schedule, own noise seed
+        train = TextDataset(texts, labels, [str(i) for i in range(NUM_LABELS[_DATASET])])
+        res = train_token_pruned(model, train, tokenizer=tok, layer=args.prune_layer, keep_ratio=args.keep,
+                                 num_samples=args.num_samples, sigma=args.sigma, estimator=args.estimator,
+                                 training=loop, scorer_lr=args.scorer_lr, max_length=args.max_len,
+                                 noise_seed=args.seed, order=order)
+        pruned, steps, train_s = res.model, res.loop.steps, res.loop.seconds
+    else:
+        y = torch.tensor(labels)
+
+        def make_batch(idx: list[int]) -> dict:
+            return {**encode(tok, [texts[j] for j in idx], args.max_len), "labels": y[idx]}
+
+        res = train_loop(model, len(texts), make_batch, loop, order=order, desc=f"train {args.name}")
+        steps, train_s = res.steps, res.seconds
+    net = pruned if pruned is not None else model
     test_texts, test_labels = load_data("test", args.test_n, args.seed + 1)
     t1 = time.time()
     metrics = evaluate(net, tok, test_texts, test_labels, args.max_len)
