@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from packaging_helpers import REPO
 from runtime_layout import package_version, runtime_files
 
 HEAVY = {"torch", "transformers", "safetensors", "onnx", "captum", "triton", "sklearn", "pandas", "tqdm"}

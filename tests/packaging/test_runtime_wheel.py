@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO, make_venv, run
+from packaging_helpers import REPO, make_venv, run
 from compile_helpers import TEXTS
 from edgekd.runtime.emulation import arm64_available, arm64_tool, ensure_arm64
 from runtime_layout import runtime_files

@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO, build, make_venv, run
+from packaging_helpers import REPO, build, make_venv, run
 from runtime_layout import package_version, runtime_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.packaging]
