@@ -67,7 +67,7 @@ def _validate_eval(texts: Sequence[str] | None, labels: Sequence[int] | None, nu
 
 
 def _metrics(logits: np.ndarray, ref: np.ndarray, y: np.ndarray | None, num_classes: int) -> dict[str, Any]:
-    from edgekd.runtime.preprocess import macro_f1
+    from edgekd.metrics import macro_f1
 
     pred, ref_pred = logits.argmax(-1), ref.argmax(-1)
     m: dict[str, Any] = {"max_abs_logit_diff": float(np.abs(logits - ref).max()),

@@ -25,8 +25,8 @@ import torch
 
 from edgekd.distill.config import TrainConfig  # defined once there, with the other settings (re-exported)
 from edgekd.distill.losses import distillation_loss
-from edgekd.distill.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
+from edgekd.metrics import classification_metrics
 from edgekd.training import load_optimizer, rng_state, save_optimizer, seed_everything, set_rng_state
 
 

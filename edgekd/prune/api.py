@@ -119,7 +119,7 @@ def evaluate_classifier(model, tokenizer, data: TextDataset, *, batch_size: int 
     import numpy as np
     from tqdm.auto import tqdm
 
-    from edgekd.runtime.preprocess import macro_f1
+    from edgekd.metrics import macro_f1
 
     was_training = model.training
     model.eval()

@@ -171,7 +171,7 @@ def _split_entry(entry: str) -> tuple[str, str, str]:
 
 
 def _bench_json(entry: str) -> dict[str, Any]:
-    from edgekd.runtime.datafile import read_text_file
+    from edgekd.data.readers import read_text_file
 
     try:
         r = json.loads(read_text_file(entry))

@@ -235,7 +235,7 @@ def finetune_teacher(
         "label_names": names,
     }
     if valid is not None:
-        from edgekd.distill.metrics import classification_metrics
+        from edgekd.metrics import classification_metrics
 
         pred = teacher.logits(valid.texts, batch_size=cfg.eval_batch_size, progress=progress).argmax(-1)
         record["valid"] = classification_metrics(valid.labels, pred, names)

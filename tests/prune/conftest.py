@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prune_helpers import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS
+from factories import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS
 
 
 @pytest.fixture(scope="session")

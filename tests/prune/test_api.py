@@ -21,7 +21,7 @@ from edgekd.prune import (
     train_token_pruned,
 )
 from edgekd.training import LoopConfig
-from prune_helpers import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir, tiny_classifier
+from factories import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir, tiny_classifier
 
 FAST = ["--num-samples", "8", "--batch-size", "4", "--max-length", "16", "--no-progress"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgekd.cli import build_parser, main
-from prune_helpers import CLI_LABEL_NAMES, save_tiny_model_dir
+from factories import CLI_LABEL_NAMES, save_tiny_model_dir
 
 FAST = ["--num-samples", "8", "--batch-size", "4", "--max-length", "16", "--no-progress"]
 
