@@ -52,6 +52,7 @@ class MethodResult:
     best_epoch: int
     train_seconds: float
     bundle_dir: str
+    latency_b1_ms: float | None = None  # batch-1 p50 (TF-IDF baselines; the models' in the bundles table)
 
 
 def _file_mb(p: Path) -> float:
@@ -81,6 +82,7 @@ class Distiller:
         self.train_ann = self.valid_ann = None
         self.results: dict[str, MethodResult] = {}
         self.teacher_metrics: dict = {}
+        self.baseline_rows: list[dict] = []
 
     # ----------------------------------------------------------------------------------------
     def _stage(self, name: str, t0: float) -> None:
@@ -101,7 +103,13 @@ class Distiller:
             valid = load_dataset(cfg.data.valid, split="validation" if _is_dir(cfg.data.valid) else None, **kw)
         if train.label_names != valid.label_names:
             raise EdgekdValueError(f"train and valid label names differ: {train.label_names} vs {valid.label_names}")
-        self.full_train = train = train.head(cfg.data.limit)  # --limit: the first N rows of the file
+        train = train.head(cfg.data.limit)  # --limit: the first N rows of the file
+        # the honest protocol: a dev split carved out of the training rows selects the students
+        # (early stopping, best checkpoint); the validation split is scored once, for the table
+        self.dev = None
+        if cfg.data.dev_fraction > 0:
+            train, self.dev = train.stratified_split(cfg.data.dev_fraction, seed=cfg.run.seed + 1)
+        self.full_train = train  # every training row the teacher and the students may learn from
         self.train = train.stratified_sample(cfg.data.sample, seed=cfg.run.seed)
         self.valid = valid.stratified_sample(cfg.data.valid_sample, seed=cfg.run.seed)
         self.word_tokenizer = WordTokenizer.train(
@@ -111,7 +119,8 @@ class Distiller:
         self.out.mkdir(parents=True, exist_ok=True)
         self.word_tokenizer.save(self.out / "tokenizer.json")
         self.log(json.dumps({
-            "data": {"train": len(self.train), "valid": len(self.valid), "labels": self.train.label_names,
+            "data": {"train": len(self.train), "dev": len(self.dev) if self.dev is not None else None,
+                     "valid": len(self.valid), "labels": self.train.label_names,
                      "train_source": train.source, "vocab": self.word_tokenizer.vocab_size,
                      "valid_oov_rate": round(self.word_tokenizer.oov_rate(self.valid.texts), 4)}
         }))
@@ -140,8 +149,9 @@ class Distiller:
             ttrain = self.full_train.stratified_sample(cfg.teacher.sample, seed=cfg.run.seed)
             ft = cfg.finetune_config()
             tdir = Path(cfg.teacher.dir) if cfg.teacher.dir else self.out / "teacher"
-            self.teacher, rec = finetune_teacher(enc, ttrain, tdir, config=ft, device=cfg.resolved_device,
-                                                 progress=cfg.run.progress, reuse=cfg.run.resume)
+            self.teacher, rec = finetune_teacher(enc, ttrain, tdir, valid=self.dev, config=ft,
+                                                 device=cfg.resolved_device, progress=cfg.run.progress,
+                                                 reuse=cfg.run.resume)
             self.teacher_record = {k: v for k, v in rec.items() if k != "key"}
             self.teacher_record["fine_tuned_here"] = True
             self.log(json.dumps({"teacher": {k: self.teacher_record.get(k) for k in
@@ -183,6 +193,24 @@ class Distiller:
                           self.valid_ann.logits, self.valid_ann.attributions, self.valid_ann.has_attr)
         return tr, va
 
+    def selection_split(self, valid=None):
+        """The split that selects students (early stopping, best checkpoint): the dev split carved
+        out of the training data, or (``data.dev_fraction = 0``) the validation split itself."""
+        from edgekd.distill.trainer import EncodedSplit
+
+        if self.dev is None:
+            return valid if valid is not None else self._splits()[1]
+        if getattr(self, "_dev_split", None) is None:
+            self._dev_split = EncodedSplit(self.word_tokenizer.encode_batch(self.dev.texts), np.asarray(self.dev.labels))
+        return self._dev_split
+
+    def protocol(self) -> dict:
+        """Which split selected what, and where the table's numbers come from."""
+        cfg = self.config
+        return {"selection": "dev" if self.dev is not None else "validation",
+                "dev": len(self.dev) if self.dev is not None else 0, "dev_fraction": cfg.data.dev_fraction,
+                "valid": len(self.valid), "seed": cfg.run.seed}
+
     def new_student(self):
         from edgekd.students import BiLSTMAttentionStudent
 
@@ -212,9 +240,10 @@ class Distiller:
         cfg = self.config
         t0 = time.perf_counter()
         tr, va = self._splits()
+        sel = self.selection_split(va)
         student = self.new_student()
         mdir = self.out / method
-        res = train_student(student, tr, va, cfg.train_config(method), mdir, resume=cfg.run.resume,
+        res = train_student(student, tr, sel, cfg.train_config(method), mdir, resume=cfg.run.resume,
                             progress=cfg.run.progress, log=self.log, label_names=self.train.label_names)
         best = BiLSTMAttentionStudent.from_pretrained(res.best_dir, backend=cfg.student.backend)
         self.word_tokenizer.save(Path(res.best_dir) / "tokenizer.json")
@@ -248,6 +277,20 @@ class Distiller:
             sign_agreement_ig=si, parameters=int(sum(p.numel() for p in student.parameters())),
             size_mb=_file_mb(bundle / "model.safetensors"), best_epoch=0, train_seconds=0.0, bundle_dir=str(bundle),
         )
+
+    def run_baselines(self) -> list[dict]:
+        """The TF-IDF baselines (:mod:`edgekd.distill.baselines`) on the students' training texts,
+        selected on the dev split; skipped (with a log line) when there is no dev split."""
+        from edgekd.distill.baselines import run_baselines
+
+        if self.dev is None:
+            self.log(json.dumps({"baselines": "skipped: no dev split to select them on (data.dev_fraction = 0)"}))
+            return []
+        t0 = time.perf_counter()
+        self.baseline_rows = run_baselines(self.train, self.dev, self.valid, self.out / "baselines",
+                                           seed=self.config.run.seed, log=lambda d: self.log(json.dumps(d)))
+        self._stage("baselines", t0)
+        return self.baseline_rows
 
     def teacher_result(self) -> MethodResult:
         size = float("nan")
@@ -284,18 +327,23 @@ class Distiller:
         self.annotate()
         for m in cfg.train.methods:
             self.train_method(m)
+        if cfg.eval.baselines:
+            self.run_baselines()
         self.timings["total"] = round(time.perf_counter() - t0, 1)
         return self.write_report()
 
     def report(self) -> dict:
         cfg = self.config
         rows = [asdict(self.teacher_result())] + [asdict(self.results[m]) for m in cfg.train.methods if m in self.results]
+        rows += [{k: v for k, v in r.items() if k != "bench"} for r in self.baseline_rows]
         return {
             "profile": cfg.run.profile,
             "notes": list(cfg.run.notes),
             "config": asdict(cfg),
-            "data": {"train": len(self.train), "valid": len(self.valid), "source": self.train.source,
+            "data": {"train": len(self.train), "dev": self.protocol()["dev"], "valid": len(self.valid),
+                     "source": self.train.source,
                      "label_names": self.train.label_names, "vocab_size": self.word_tokenizer.vocab_size},
+            "protocol": self.protocol(),
             "teacher": self.teacher_record,
             "teacher_name": self.teacher_name(),
             "attributed": {"train": int(self.train_ann.has_attr.sum()), "valid": int(self.valid_ann.has_attr.sum())},

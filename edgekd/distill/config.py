@@ -56,7 +56,7 @@ class TrainConfig:
         choices=VARIANTS))
     alpha: float = field(default=0.5, metadata=_h("weight of the teacher terms"))
     tau: float = field(default=1.0, metadata=_h("softmax temperature of the KL term"))
-    epochs: int = field(default=10, metadata=_h("student epochs (maximum; early stopping on validation macro-F1)"))
+    epochs: int = field(default=10, metadata=_h("student epochs (maximum; early stopping on the selection split's macro-F1: the dev split)"))
     batch_size: int = field(default=32, metadata=_h("texts per student step"))
     optimizer: str = field(default="adam", metadata=_h("student optimizer", choices=OPTIMIZERS))
     lr: float = field(default=1e-3, metadata=_h("student learning rate"))
@@ -65,7 +65,7 @@ class TrainConfig:
     schedule: str = field(default="constant", metadata=_h("learning-rate schedule", choices=SCHEDULES))
     warmup_ratio: float = field(default=0.0, metadata=_h("share of the steps spent warming up"))
     grad_clip: float | None = field(default=5.0, metadata=_h("gradient-norm clip (None: off)"))
-    patience: int = field(default=3, metadata=_h("epochs without a better validation macro-F1 before stopping"))
+    patience: int = field(default=3, metadata=_h("epochs without a better selection (dev) macro-F1 before stopping"))
     seed: int = field(default=0, metadata=_h("student seed: initialisation, shuffling, random embedding rows"))
     eval_batch_size: int = field(default=256, metadata=_h("texts per batch when scoring students"))
 
@@ -124,6 +124,8 @@ class EvalConfig:
 
     top_k: int = field(default=5, metadata=_h("feature/sign agreement at the top k words"))
     ig_steps: int = field(default=20, metadata=_h("Integrated-Gradients steps on the students"))
+    baselines: bool = field(default=True, metadata=_h(
+        "TF-IDF baselines in the table (logistic regression; a linear SVM too when stronger on the dev split)"))
 
     def validate(self) -> None:
         if self.top_k < 1:

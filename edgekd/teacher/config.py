@@ -83,17 +83,25 @@ class IGConfig:
             (the [MASK] token) or ``zeros`` (all-zero word embeddings).
         method: captum's integral approximation (``gausslegendre``, ``riemann_trapezoid``, ...).
         internal_batch_size: rows per forward/backward inside captum (None: all steps at once).
-        batch_size: texts per captum call.
+        batch_size: the most texts per captum call.
+        max_tokens: the most interpolated sub-word positions per captum call (texts x steps x
+            padded length); texts are sorted by sub-word length, so a call holds texts of similar
+            length, many short ones or a few long ones (None: ``batch_size`` texts per call).
         target: explain the teacher's predicted class (``pred``) or the gold label (``label``).
+        freeze_parameters: no gradients for the teacher's weights during IG (captum needs only the
+            embedding output's); saves the weight-gradient GEMMs of every backward.
     """
 
     steps: int = field(default=20, metadata=_h("Integrated-Gradients steps (DiXtill: 50)"))
     baseline: str = field(default="pad", metadata=_h("IG baseline", choices=IG_BASELINES))
     method: str = field(default="gausslegendre", metadata=_h("captum integral approximation"))
     internal_batch_size: int | None = field(default=None, metadata=_h("rows per captum forward (None: all steps)"))
-    batch_size: int = field(default=8, metadata=_h("texts per captum call"))
+    batch_size: int = field(default=64, metadata=_h("the most texts per captum call"))
+    max_tokens: int | None = field(default=8192, metadata=_h(
+        "the most interpolated sub-word positions per captum call: texts x steps x padded length (None: batch_size texts)"))
     target: str = field(default="pred", metadata=_h("explain the predicted class or the gold label",
                                                     choices=IG_TARGETS))
+    freeze_parameters: bool = field(default=True, metadata=_h("no gradients for the teacher's weights during IG"))
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -104,6 +112,8 @@ class IGConfig:
             raise EdgekdValueError(f"IGConfig.target must be one of {IG_TARGETS}, got {self.target!r}")
         if self.batch_size < 1:
             raise EdgekdValueError(f"IGConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise EdgekdValueError(f"IGConfig.max_tokens must be >= 1 or None, got {self.max_tokens}")
         if self.internal_batch_size is not None and self.internal_batch_size < 1:
             raise EdgekdValueError(f"IGConfig.internal_batch_size must be >= 1, got {self.internal_batch_size}")
 
