@@ -2,7 +2,7 @@
 
 >>> from edgekd.pipeline import profile_config, profiles
 >>> profiles()
-['full', 'quick']
+['default', 'full', 'paper', 'quick']
 >>> cfg = profile_config("quick", {"train.epochs": 3})
 >>> cfg.train.epochs, cfg.ig.steps, cfg.run.profile
 (3, 8, 'quick')

@@ -30,6 +30,7 @@ from edgekd.teacher.config import IGConfig  # defined once there, with the other
 from edgekd.teacher.model import Teacher
 
 _FORMAT_VERSION = 1
+_COST_ONLY = ("batch_size", "max_tokens", "internal_batch_size", "freeze_parameters")
 
 
 @dataclass
@@ -177,7 +178,9 @@ def annotation_key(
     h.update(teacher.fingerprint().encode())
     h.update(str(teacher.max_length).encode())
     h.update(word_tokenizer.to_json().encode())
-    h.update(json.dumps(asdict(ig) if ig is not None else None, sort_keys=True).encode())
+    # the settings that decide the attributions; batching and weight-gradient switches only change the cost
+    what = {k: v for k, v in asdict(ig).items() if k not in _COST_ONLY} if ig is not None else None
+    h.update(json.dumps(what, sort_keys=True).encode())
     if attribute_indices is not None:
         h.update(np.asarray(sorted(set(int(i) for i in attribute_indices)), dtype=np.int64).tobytes())
     return h.hexdigest()
