@@ -83,6 +83,7 @@ class Distiller:
         self.results: dict[str, MethodResult] = {}
         self.teacher_metrics: dict = {}
         self.baseline_rows: list[dict] = []
+        self.seed_summary: dict | None = None
 
     # ----------------------------------------------------------------------------------------
     def _stage(self, name: str, t0: float) -> None:
@@ -211,7 +212,8 @@ class Distiller:
                 "dev": len(self.dev) if self.dev is not None else 0, "dev_fraction": cfg.data.dev_fraction,
                 "valid": len(self.valid), "seed": cfg.run.seed}
 
-    def new_student(self):
+    def new_student(self, seed: int | None = None):
+        """A fresh student, initialised with ``seed`` (default: the students' seed)."""
         from edgekd.students import BiLSTMAttentionStudent
 
         cfg = self.config
@@ -225,7 +227,7 @@ class Distiller:
             emb = self._glove
         import torch
 
-        torch.manual_seed(cfg.resolved_student_seed)
+        torch.manual_seed(cfg.resolved_student_seed if seed is None else seed)
         return BiLSTMAttentionStudent(
             self.word_tokenizer.vocab_size, embed_dim=cfg.student.embed_dim, hidden_size=cfg.student.hidden_size,
             num_classes=self.train.num_classes, pad_id=0, attention_dim=cfg.student.attention_dim, dropout=cfg.student.dropout,
@@ -233,7 +235,12 @@ class Distiller:
             backend=cfg.student.backend,
         )
 
-    def train_method(self, method: str) -> MethodResult:
+    def train_method(self, method: str, seed: int | None = None) -> MethodResult:
+        """Train and score the ``method`` student. ``seed`` None: the run's student (its row of the
+        table, in ``<out>/<method>``); another seed: an extra draw for the seed summary (in
+        ``<out>/<method>/seed<S>``, scored without IG on the student)."""
+        import dataclasses
+
         from edgekd.distill.trainer import train_student
         from edgekd.students import BiLSTMAttentionStudent
 
@@ -241,20 +248,24 @@ class Distiller:
         t0 = time.perf_counter()
         tr, va = self._splits()
         sel = self.selection_split(va)
-        student = self.new_student()
+        student = self.new_student(seed)
+        tcfg = cfg.train_config(method)
         mdir = self.out / method
-        res = train_student(student, tr, sel, cfg.train_config(method), mdir, resume=cfg.run.resume,
+        if seed is not None:
+            tcfg, mdir = dataclasses.replace(tcfg, seed=seed), mdir / f"seed{seed}"
+        res = train_student(student, tr, sel, tcfg, mdir, resume=cfg.run.resume,
                             progress=cfg.run.progress, log=self.log, label_names=self.train.label_names)
         best = BiLSTMAttentionStudent.from_pretrained(res.best_dir, backend=cfg.student.backend)
         self.word_tokenizer.save(Path(res.best_dir) / "tokenizer.json")
-        result = self.evaluate_student(method, best, va, Path(res.best_dir))
+        result = self.evaluate_student(method, best, va, Path(res.best_dir), ig=seed is None)
         result.best_epoch = res.best_epoch
         result.train_seconds = round(time.perf_counter() - t0, 1)
-        self.results[method] = result
-        self._stage(f"student:{method}", t0)
+        if seed is None:
+            self.results[method] = result
+        self._stage(f"student:{method}" + ("" if seed is None else f":seed{seed}"), t0)
         return result
 
-    def evaluate_student(self, method: str, student, va, bundle: Path) -> MethodResult:
+    def evaluate_student(self, method: str, student, va, bundle: Path, ig: bool = True) -> MethodResult:
         from edgekd.distill.metrics import classification_metrics, explanation_agreement
         from edgekd.distill.trainer import predict_logits
 
@@ -268,9 +279,10 @@ class Distiller:
             att = student_attention_logits(student, [va.ids[i] for i in idx])
             ag = explanation_agreement(teach, att, cfg.eval.top_k)
             fa, sa = ag["feature_agreement"], ag["sign_agreement"]
-            ig = student_integrated_gradients(student, [va.ids[i] for i in idx], steps=cfg.eval.ig_steps)
-            ag2 = explanation_agreement(teach, ig, cfg.eval.top_k)
-            fi, si = ag2["feature_agreement"], ag2["sign_agreement"]
+            if ig:
+                att_ig = student_integrated_gradients(student, [va.ids[i] for i in idx], steps=cfg.eval.ig_steps)
+                ag2 = explanation_agreement(teach, att_ig, cfg.eval.top_k)
+                fi, si = ag2["feature_agreement"], ag2["sign_agreement"]
         return MethodResult(
             method=method, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
             feature_agreement_attention=fa, sign_agreement_attention=sa, feature_agreement_ig=fi,
@@ -327,6 +339,10 @@ class Distiller:
         self.annotate()
         for m in cfg.train.methods:
             self.train_method(m)
+        if cfg.train.seeds > 1:
+            from edgekd.distill.seeds import train_seeds
+
+            self.seed_summary = train_seeds(self)
         if cfg.eval.baselines:
             self.run_baselines()
         self.timings["total"] = round(time.perf_counter() - t0, 1)
@@ -344,6 +360,7 @@ class Distiller:
                      "source": self.train.source,
                      "label_names": self.train.label_names, "vocab_size": self.word_tokenizer.vocab_size},
             "protocol": self.protocol(),
+            "seeds": self.seed_summary,
             "teacher": self.teacher_record,
             "teacher_name": self.teacher_name(),
             "attributed": {"train": int(self.train_ann.has_attr.sum()), "valid": int(self.valid_ann.has_attr.sum())},

@@ -68,6 +68,15 @@ def protocol_line(rep: dict) -> str:
             f"students' early stopping and checkpoints (data.dev_fraction = 0): optimistic numbers.")
 
 
+def _seeds_md(rep: dict) -> str:
+    """The seed summary (``train.seeds`` >= 2) as markdown after the table, or ``""``."""
+    if not rep.get("seeds"):
+        return ""
+    from edgekd.distill.seeds import seed_table
+
+    return "\n" + seed_table(rep["seeds"]) + "\n"
+
+
 def _machine() -> dict:
     import platform
 
@@ -98,7 +107,7 @@ def write_results(rep: dict, out: str | os.PathLike) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rep, indent=2, default=str))
     head = protocol_line(rep)
-    (out / "results.md").write_text((head + "\n\n" if head else "") + format_table(rep) + "\n")
+    (out / "results.md").write_text((head + "\n\n" if head else "") + format_table(rep) + "\n" + _seeds_md(rep))
     with open(out / "results.csv", "w") as f:
         f.write(",".join(CSV_COLUMNS) + "\n")
         for r in rep["rows"]:
