@@ -38,7 +38,7 @@ def _uptime() -> str:
 
 
 def _teacher(enc, train, dev, out: Path, freeze: bool):
-    from edgekd.distill.metrics import classification_metrics
+    from edgekd.metrics import classification_metrics
     from edgekd.teacher import finetune_teacher
     from edgekd.teacher.config import FinetuneConfig
 
@@ -78,7 +78,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from edgekd.data import WordTokenizer, load_tfns
     from edgekd.distill.api import minilm_dir
-    from edgekd.distill.metrics import feature_agreement
+    from edgekd.metrics import feature_agreement
     from edgekd.teacher import IGConfig, Teacher, annotate
 
     load_start = _uptime()

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -65,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except EdgekdError as exc:  # user errors: one clear line, no traceback
-        print(f"edgekd: error: {exc}", file=sys.stderr)
+        print(f"edgekd: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written
+        print(f"edgekd: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgekd: interrupted", file=sys.stderr)

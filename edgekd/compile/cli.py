@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--name")
     p.add_argument("--no-arm64-check", action="store_true", help="skip running the arm64 variants under emulation")
+    p.add_argument("--int8-scheme", default="static", choices=["static", "dynamic"],
+                   help="static (default): calibrated QDQ, a text's label does not depend on its batch; dynamic: "
+                        "activation scales computed per batch at run time")
+    p.add_argument("--calibration-data", help="CSV/JSONL/text file whose texts calibrate static int8 (training "
+                                              "texts; default: the --eval-data slice)")
     p.add_argument("--no-zip", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     cliflags.add_old_spellings(p)
@@ -58,11 +63,13 @@ def _compile(args: argparse.Namespace) -> int:
     from edgekd.runtime.bench import load_texts
 
     texts, labels = load_texts(args.eval_data, args.eval_limit)
+    calib = load_texts(args.calibration_data, 512)[0] if args.calibration_data else None
     out = compile_model(args.kind, args.source, args.out, eval_texts=texts, eval_labels=labels,
                         tokenizer=args.tokenizer, max_length=args.max_length,
                         targets=tuple(t for t in args.targets.split(",") if t),
                         precisions=tuple(p for p in args.precisions.split(",") if p), opset=args.opset,
                         name=args.name, arm64_check=not args.no_arm64_check and "auto",
-                        make_zip=not args.no_zip, overwrite=args.overwrite)
+                        make_zip=not args.no_zip, overwrite=args.overwrite, int8_scheme=args.int8_scheme,
+                        calibration_texts=calib)
     print(out)
     return 0

@@ -73,8 +73,9 @@ def fit_tfidf(kind: str, train_texts: Sequence[str], train_labels: Sequence[int]
     texts for every ``C`` of ``grid`` (default :data:`C_GRID`) and class weighting; keep the best on
     the dev split's macro-F1."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.metrics import f1_score
     from sklearn.pipeline import Pipeline
+
+    from edgekd.metrics import macro_f1
 
     if kind not in BASELINES:
         raise EdgekdValueError(f"fit_tfidf: kind must be one of {sorted(BASELINES)}, got {kind!r}")
@@ -91,7 +92,7 @@ def fit_tfidf(kind: str, train_texts: Sequence[str], train_labels: Sequence[int]
     for C in grid or C_GRID[kind]:
         for cw in CLASS_WEIGHTS:
             clf = _classifier(kind, float(C), cw, seed).fit(xtr, ytr)
-            f1 = float(f1_score(ydev, clf.predict(xdev), average="macro"))
+            f1 = macro_f1(ydev, clf.predict(xdev), num_classes=int(max(ytr.max(), ydev.max())) + 1)
             tried.append({"C": float(C), "class_weight": cw, "dev_macro_f1": round(f1, 4)})
             if best is None or f1 > best[0]:
                 best = (f1, float(C), cw, clf)
@@ -165,7 +166,7 @@ def run_baselines(train, dev, valid, out_dir: str | Path, *, seed: int = 0, min_
     time the reported ones (logistic regression, and the SVM when it wins on dev) under ``out_dir``.
     Returns one row per reported baseline (the report's row keys, plus ``latency_b1_ms``,
     ``onnx_agreement``, ``selection`` and the runtime result under ``bench``)."""
-    from edgekd.distill.metrics import classification_metrics
+    from edgekd.metrics import classification_metrics
 
     fits = {k: fit_tfidf(k, train.texts, train.labels, dev.texts, dev.labels, seed=seed) for k in ("lr", "svm")}
     keep = ["lr"] + (["svm"] if fits["svm"].dev_macro_f1 > fits["lr"].dev_macro_f1 else [])

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from compile_helpers import LABELS, TEXTS, make_tiny_teacher  # noqa: E402
+from factories import LABELS, TEXTS, make_tiny_teacher  # noqa: E402
 from edgekd.compile import compile_model, detect_model_kind, get_export_spec  # noqa: E402
 from edgekd.errors import EdgekdValueError  # noqa: E402
 from edgekd.runtime import Bundle  # noqa: E402
@@ -98,7 +98,8 @@ def test_pruned_bundle_manifest_and_parity(pruned_bundle):
             assert p["max_abs_logit_diff"] <= 1e-4 and p["label_agreement"] == 1.0
         else:
             assert np.isfinite(p["max_abs_logit_diff"])
-            assert any("DynamicQuantizeMatMul" in op or "MatMulInteger" in op for op in v["operators"])
+            assert v["quantization"]["scheme"] == "static"  # calibrated QDQ, fused into QLinearMatMul / QGemm
+            assert any(op in ("QLinearMatMul", "com.microsoft::QGemm") for op in v["operators"])
 
 
 def test_pruned_bundle_runtime_matches_torch(pruned_bundle, token_pruned_dir):

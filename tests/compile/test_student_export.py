@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compile_helpers import LABELS, TEXTS, save_random_student
+from factories import LABELS, TEXTS, save_random_student
 from edgekd.compile import ParityError, compile_student, get_export_spec
 from edgekd.compile.student_onnx import build_student_onnx, load_student_weights, student_numpy_reference
 from edgekd.errors import EdgekdValueError
@@ -89,7 +89,10 @@ def test_bundle_records_parity_and_int8_within_bounds(student_bundle):
             assert abs(p["accuracy_delta"]) <= 0.1 and abs(p["macro_f1_delta"]) <= 0.1
             assert v["quantization"]["weight_type"] == "QInt8"
             assert v["quantization"]["reduce_range"] == (v["id"] == "x86_64-int8")
-            assert any("DynamicQuantizeLSTM" in op for op in v["operators"])
+            # static QDQ (the default): int8 embedding Gather and MatMuls; no static LSTM kernel in ORT
+            assert v["quantization"]["scheme"] == "static" and v["quantization"]["batch_invariant"]
+            assert "QLinearMatMul" in v["operators"] and "LSTM" in v["operators"]
+            assert v["quantization"]["calibration"] == {"texts": 12, "source": "held-out slice (eval_texts)"}
         assert v["optimization"]["level"] == "ORT_ENABLE_EXTENDED"
     assert m["preprocessing"]["max_length"] == 16 and m["preprocessing"]["pad_id"] == 0
     assert m["explanations"] == "attention" and m["label_names"] == ["bearish", "bullish", "neutral"]
@@ -125,7 +128,7 @@ def test_bad_inputs(student_dir, tmp_path):
 def test_cli_compile(student_dir, tmp_path, capsys):
     import csv
 
-    from compile_helpers import LABELS
+    from factories import LABELS
     from edgekd.cli import main
     from edgekd.runtime import Bundle
 
