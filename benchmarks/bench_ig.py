@@ -9,12 +9,16 @@ teacher fine-tuned as the quick profile does (1 epoch, 2,000 tweets, lr 1e-4):
 * steps: 4/8/16/32 Gauss-Legendre steps against 50 on the same tweets: Spearman rank correlation
   and top-5 feature agreement of the per-word attributions with the 50-step ones, and captum's
   convergence delta;
-* ``--freeze-check``: a second teacher fine-tuned with the word-embedding matrix frozen, both
-  scored on the dev split (accuracy, macro-F1, fine-tuning seconds).
+* ``--mode freeze``: the same teacher fine-tuned with the word-embedding matrix frozen, scored on
+  the dev split like the first (accuracy, macro-F1, fine-tuning seconds); it can run in a second
+  process next to ``--mode ig``.
 
-    python -m benchmarks.bench_ig --n 200 --timing-n 100 --freeze-check --out runs/bench-ig
+    python -m benchmarks.bench_ig --mode ig --n 200 --timing-n 100 --teacher-sample 1000
+    python -m benchmarks.bench_ig --mode freeze --teacher-sample 1000
+    python -m benchmarks.bench_ig --mode report
 
-Writes ``benchmarks/results/ig_steps.md`` and ``ig_steps.json``.
+Writes ``benchmarks/results/ig_steps.json`` (ig), ``ig_steps_freeze.json`` (freeze) and
+``ig_steps.md`` (report, from both).
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200, help="tweets of the step study")
     ap.add_argument("--timing-n", type=int, default=100, help="tweets of the before/after timing")
@@ -69,7 +73,8 @@ def main() -> None:
     ap.add_argument("--steps", default="4,8,16,32")
     ap.add_argument("--ref-steps", type=int, default=50)
     ap.add_argument("--teacher", help="a fine-tuned teacher dir (default: fine-tune the quick teacher)")
-    ap.add_argument("--freeze-check", action="store_true")
+    ap.add_argument("--mode", choices=("ig", "freeze", "report"), default="ig")
+    ap.add_argument("--teacher-sample", type=int, default=2000)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", default="runs/bench-ig")
     ap.add_argument("--results", default="benchmarks/results")
@@ -81,22 +86,33 @@ def main() -> None:
     from edgekd.metrics import feature_agreement
     from edgekd.teacher import IGConfig, Teacher, annotate
 
+    rdir = Path(args.results)
+    if args.mode == "report":
+        rec = json.loads((rdir / "ig_steps.json").read_text())
+        fz = rdir / "ig_steps_freeze.json"
+        if fz.is_file():
+            rec["teachers"] += [json.loads(fz.read_text())]
+        (rdir / "ig_steps.md").write_text(_markdown(rec))
+        print(_markdown(rec))
+        return
     load_start = _uptime()
     t_start = time.perf_counter()
     out = Path(args.out)
     rest, dev = load_tfns("train").stratified_split(0.1, seed=1)  # the pipeline's dev split (run seed 0)
+    ttrain = rest.stratified_sample(args.teacher_sample, seed=0)
+    if args.mode == "freeze":
+        _, rec = _teacher(str(minilm_dir()), ttrain, dev, out / "teacher-frozen-emb", True)
+        rec.update(uptime_start=load_start, uptime_end=_uptime())
+        (rdir / "ig_steps_freeze.json").write_text(json.dumps(rec, indent=2))
+        print(json.dumps(rec), flush=True)
+        return
     teachers = []
     if args.teacher:
         teacher = Teacher.from_pretrained(args.teacher)
     else:
-        ttrain = rest.stratified_sample(2000, seed=0)
         teacher, rec = _teacher(str(minilm_dir()), ttrain, dev, out / "teacher", False)
         teachers.append(rec)
         print(json.dumps(rec), flush=True)
-        if args.freeze_check:
-            _, rec2 = _teacher(str(minilm_dir()), ttrain, dev, out / "teacher-frozen-emb", True)
-            teachers.append(rec2)
-            print(json.dumps(rec2), flush=True)
     tok = WordTokenizer.train(rest.texts, min_frequency=1, max_vocab=30000, max_length=64)
     sample = rest.stratified_sample(args.n, seed=7)
     timing = sample.select(range(min(args.timing_n, len(sample))))
@@ -142,22 +158,24 @@ def main() -> None:
            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "uptime_start": load_start, "uptime_end": _uptime(), "n": len(sample), "timing_n": len(timing),
            "teachers": teachers, "cost_ms_per_tweet_step": cost, "logits_seconds": round(logits_s, 2),
-           "steps": rows, "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    rdir = Path(args.results)
+           "steps": rows, "wall_seconds": round(time.perf_counter() - t_start, 1),
+           "command": f"python -m benchmarks.bench_ig --mode ig --n {args.n} --timing-n {args.timing_n} "
+                      f"--repeats {args.repeats} --teacher-sample {args.teacher_sample}",
+           "ref_steps": args.ref_steps}
     (rdir / "ig_steps.json").write_text(json.dumps(rec, indent=2))
-    (rdir / "ig_steps.md").write_text(_markdown(rec, args))
-    print(_markdown(rec, args))
+    print(_markdown(rec))
 
 
-def _markdown(rec: dict, args) -> str:
+def _markdown(rec: dict) -> str:
     c = rec["cost_ms_per_tweet_step"]
     b, a = np.median(c["before"]), np.median(c["after"])
     lines = [
         "# Teacher IG: cost before/after, and how many Gauss-Legendre steps",
         "",
-        f"Command: `OMP_NUM_THREADS=1 nice python -m benchmarks.bench_ig --n {args.n} --timing-n {args.timing_n} "
-        f"--repeats {args.repeats}{' --freeze-check' if args.freeze_check else ''}` ({rec['time']}, {rec['machine']}, "
-        f"{rec['cpus']} CPUs, torch {rec['torch']}, {rec['torch_threads']} torch thread(s)).",
+        f"Commands: `OMP_NUM_THREADS=1 nice {rec['command']}` ({rec['time']}, {rec['machine']}, "
+        f"{rec['cpus']} CPUs, torch {rec['torch']}, {rec['torch_threads']} torch thread(s)); in a second process at "
+        "the same time `OMP_NUM_THREADS=1 nice python -m benchmarks.bench_ig --mode freeze` with the same "
+        "`--teacher-sample`; then `--mode report` writes this file.",
         "",
         f"**Machine load: `{rec['uptime_start']}` at the start, `{rec['uptime_end']}` at the end.** This machine was "
         "shared with several other jobs: the absolute times are inflated and noisy. The lead should re-run this "
@@ -174,7 +192,7 @@ def _markdown(rec: dict, args) -> str:
         "",
         f"Speed-up: {b / a:.2f}x.",
         "",
-        f"## Steps: word attributions against {args.ref_steps} Gauss-Legendre steps ({rec['n']} training tweets)",
+        f"## Steps: word attributions against {rec['ref_steps']} Gauss-Legendre steps ({rec['n']} training tweets)",
         "",
         "| steps | Spearman median | Spearman mean | Spearman p10 | top-5 agreement | abs(delta) median | abs(delta) p90 | ms per tweet-step |",
         "|---|---|---|---|---|---|---|---|",
@@ -184,7 +202,8 @@ def _markdown(rec: dict, args) -> str:
                      f"{r['top5_agreement']:.4f} | {r['abs_delta_median']:.4f} | {r['abs_delta_p90']:.4f} | "
                      f"{r['ms_per_tweet_step']:.1f} |")
     if rec["teachers"]:
-        lines += ["", "## Teacher fine-tuning: the word-embedding matrix trained or frozen (quick teacher, scored on the dev split)",
+        lines += ["", f"## Teacher fine-tuning: the word-embedding matrix trained or frozen ({rec['teachers'][0]['examples']:,} "
+                  "training tweets, 1 epoch, lr 1e-4, batch 16; scored on the 954-tweet dev split)",
                   "", "| word embeddings | trainable parameters | fine-tune s | dev accuracy | dev macro-F1 |", "|---|---|---|---|---|"]
         for t in rec["teachers"]:
             lines.append(f"| {'frozen' if t['freeze_embeddings'] else 'trained'} | {t['trainable_parameters']:,} | "
