@@ -51,11 +51,11 @@ def test_profiles_hand_the_teacher_annotator_and_trainer_the_settings_of_the_pub
 
     q, f = profile_config("quick"), profile_config("full")
     assert q.finetune_config() == FinetuneConfig(epochs=1.0, lr=1e-4, batch_size=16, max_length=64, seed=0,
-                                                 head_lr_multiplier=10.0)
+                                                 head_lr_multiplier=10.0, freeze_embeddings=False)
     assert q.ig_config() == IGConfig(steps=8)  # batching settings are not part of the cache key
     assert q.train_config("kl") == TrainConfig(method="kl", epochs=8, patience=2, seed=0)
     assert f.finetune_config() == FinetuneConfig(epochs=3.0, lr=5e-5, batch_size=16, max_length=64, seed=0,
-                                                 head_lr_multiplier=10.0)
+                                                 head_lr_multiplier=10.0, freeze_embeddings=False)
     assert f.ig_config() == IGConfig(steps=50, batch_size=4)
     assert f.train_config("dixtill") == TrainConfig(method="dixtill", epochs=30, patience=5, seed=0)
 
