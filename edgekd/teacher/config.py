@@ -99,7 +99,7 @@ class IGConfig:
     method: str = field(default="gausslegendre", metadata=_h("captum integral approximation"))
     internal_batch_size: int | None = field(default=None, metadata=_h("rows per captum forward (None: all steps)"))
     batch_size: int = field(default=64, metadata=_h("the most texts per captum call"))
-    max_tokens: int | None = field(default=8192, metadata=_h(
+    max_tokens: int | None = field(default=2048, metadata=_h(
         "the most interpolated sub-word positions per captum call: texts x steps x padded length (None: batch_size texts)"))
     target: str = field(default="pred", metadata=_h("explain the predicted class or the gold label",
                                                     choices=IG_TARGETS))
