@@ -40,10 +40,12 @@ dist: $(VENV)/.installed build
 test-packaging: $(VENV)/.installed build
 	EDGEKD_STRICT=1 $(VPY) -m pytest -q -m packaging tests/packaging $(PYTEST_ARGS)
 
-# the main job: TFNS -> fine-tuned MiniLM teacher -> IG annotations -> 4 students -> table (quick profile)
-# DEMO_PROFILE: a profile shipped in edgekd/configs (quick, full) or a .toml file;
+# the main job: TFNS -> fine-tuned MiniLM teacher -> IG annotations -> 4 students + TF-IDF baselines -> table.
+# The default profile runs on all the data (estimate in benchmarks/results/distill_tfns.md; not run by
+# `make test` or CI); DEMO_PROFILE=quick is the smoke test, paper uses 50 IG steps.
+# DEMO_PROFILE: a profile shipped in edgekd/configs (default, quick, paper, full) or a .toml file;
 # DEMO_ARGS: flags or table.key=value overrides, e.g. make demo DEMO_ARGS="train.epochs=3 --threads 2"
-DEMO_PROFILE ?= quick
+DEMO_PROFILE ?= default
 DEMO_ARGS ?=
 # installs the `demo` extra's packages (listed in pyproject.toml) without rebuilding edgekd._C
 demo: $(VENV)/.installed

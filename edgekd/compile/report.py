@@ -37,6 +37,7 @@ def compile_and_compare(
     arm64_repeat: int = 2,
     overwrite: bool = True,
     progress: bool = True,
+    extra_x86: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Compile ``teacher_dir`` (a HF sequence-classification dir) and each student dir (saved
     BiLSTM student with its ``tokenizer.json``) into bundles under ``out_dir`` (a path that already
@@ -44,7 +45,9 @@ def compile_and_compare(
     fp32 / int8 and every student fp32 / int8 on x86-64 (and arm64 instruction counts when the
     emulator is there), and write ``out_dir/compare.{md,json}``. Accuracy and macro-F1 are measured
     by the bundles themselves on all of ``eval_texts``/``eval_labels``; the parity check uses the
-    first ``parity_slice`` of them. Returns ``{"bundles", "results", "markdown"}``."""
+    first ``parity_slice`` of them. ``extra_x86``: results of models timed elsewhere in the same
+    schema (the TF-IDF baselines' ONNX graphs), appended to the x86-64 table. Returns
+    ``{"bundles", "results", "markdown"}``."""
     from edgekd.compile.pipeline import compile_model
     from edgekd.runtime.bench import bench_subprocess, compare_markdown
     from edgekd.runtime.emulation import arm64_available, count_x86_instructions, run_probe_arm64
@@ -101,6 +104,7 @@ def compile_and_compare(
                             "accuracy": None, "macro_f1": None,
                             "emulated_check": {k: emu.get(k) for k in ("texts", "max_abs_logit_diff_vs_host_fp32",
                                                                        "label_agreement_vs_host_fp32")}})
+    x86 += [dict(r) for r in extra_x86]
     md = ["## x86-64 (wall clock on this machine; baseline: teacher fp32)", "", compare_markdown(x86, 0)]
     if arm:
         md += ["## arm64 (emulated instruction counts per batch-1 inference; baseline: teacher fp32)", "",

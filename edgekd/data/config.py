@@ -2,7 +2,8 @@
 
 ``limit`` is the FIRST N rows of the training file (file order); ``sample`` / ``valid_sample``
 are class-stratified random samples (seeded by the run's seed), as ``--limit`` / ``--sample`` in
-every ``edgekd`` command.
+every ``edgekd`` command. ``dev_fraction`` of the training rows (after ``limit``) are held out
+first as the dev split that selects students and checkpoints; ``sample`` draws from the rest.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class DataConfig:
         "help": "students (and annotation) use a class-stratified sample of N training texts"})
     valid_sample: int | None = field(default=None, metadata={
         "help": "score on a class-stratified sample of N validation texts"})
+    dev_fraction: float = field(default=0.1, metadata={
+        "help": "share of the training texts held out (class-stratified, seeded by the run's seed) as the dev "
+                "split for early stopping, checkpoint selection and tuning; the validation split is then scored "
+                "once, for the final table (0: select on the validation split, which leaks it)"})
 
     def validate(self) -> None:
         if (self.train is None) != (self.valid is None):
@@ -33,3 +38,6 @@ class DataConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise EdgekdValueError(f"[data] {name} must be an int >= 1 or None, got {v!r}")
+        v = self.dev_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise EdgekdValueError(f"[data] dev_fraction must be a number in [0, 1), got {v!r}")

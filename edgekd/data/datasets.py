@@ -107,6 +107,19 @@ class TextDataset:
             raise EdgekdValueError(f"stratified_sample: n must be >= 1, got {n}")
         return self.select(self.stratified_indices(n, seed))
 
+    def stratified_split(self, fraction: float, seed: int = 0) -> tuple["TextDataset", "TextDataset"]:
+        """``(rest, held_out)``: a class-stratified random ``fraction`` of the rows held out (at least
+        one row, at most all but one; original order kept in both), e.g. a dev split carved out of
+        the training data."""
+        if isinstance(fraction, bool) or not 0 < float(fraction) < 1:
+            raise EdgekdValueError(f"stratified_split: fraction must be in (0, 1), got {fraction!r}")
+        if len(self) < 2:
+            raise EdgekdValueError(f"stratified_split: needs at least 2 rows, got {len(self)}")
+        k = min(len(self) - 1, max(1, round(float(fraction) * len(self))))
+        held = self.stratified_indices(k, seed)
+        chosen = set(held)
+        return self.select([i for i in range(len(self)) if i not in chosen]), self.select(held)
+
     def fingerprint(self) -> str:
         """sha256 over texts, labels and label names (used as a cache key)."""
         h = hashlib.sha256()

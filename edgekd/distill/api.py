@@ -53,6 +53,7 @@ class MethodResult:
     best_epoch: int
     train_seconds: float
     bundle_dir: str
+    latency_b1_ms: float | None = None  # batch-1 p50 (TF-IDF baselines; the models' in the bundles table)
 
 
 def _file_mb(p: Path) -> float:
@@ -82,6 +83,8 @@ class Distiller:
         self.train_ann = self.valid_ann = None
         self.results: dict[str, MethodResult] = {}
         self.teacher_metrics: dict = {}
+        self.baseline_rows: list[dict] = []
+        self.seed_summary: dict | None = None
 
     # ----------------------------------------------------------------------------------------
     def _stage(self, name: str, t0: float) -> None:
@@ -102,7 +105,13 @@ class Distiller:
             valid = load_dataset(cfg.data.valid, split="validation" if _is_dir(cfg.data.valid) else None, **kw)
         if train.label_names != valid.label_names:
             raise EdgekdValueError(f"train and valid label names differ: {train.label_names} vs {valid.label_names}")
-        self.full_train = train = train.head(cfg.data.limit)  # --limit: the first N rows of the file
+        train = train.head(cfg.data.limit)  # --limit: the first N rows of the file
+        # the honest protocol: a dev split carved out of the training rows selects the students
+        # (early stopping, best checkpoint); the validation split is scored once, for the table
+        self.dev = None
+        if cfg.data.dev_fraction > 0:
+            train, self.dev = train.stratified_split(cfg.data.dev_fraction, seed=cfg.run.seed + 1)
+        self.full_train = train  # every training row the teacher and the students may learn from
         self.train = train.stratified_sample(cfg.data.sample, seed=cfg.run.seed)
         self.valid = valid.stratified_sample(cfg.data.valid_sample, seed=cfg.run.seed)
         self.word_tokenizer = WordTokenizer.train(
@@ -112,7 +121,8 @@ class Distiller:
         self.out.mkdir(parents=True, exist_ok=True)
         self.word_tokenizer.save(self.out / "tokenizer.json")
         self.log(json.dumps({
-            "data": {"train": len(self.train), "valid": len(self.valid), "labels": self.train.label_names,
+            "data": {"train": len(self.train), "dev": len(self.dev) if self.dev is not None else None,
+                     "valid": len(self.valid), "labels": self.train.label_names,
                      "train_source": train.source, "vocab": self.word_tokenizer.vocab_size,
                      "valid_oov_rate": round(self.word_tokenizer.oov_rate(self.valid.texts), 4)}
         }))
@@ -143,8 +153,9 @@ class Distiller:
             ttrain = self.full_train.stratified_sample(cfg.teacher.sample, seed=cfg.run.seed)
             ft = cfg.finetune_config()
             tdir = Path(cfg.teacher.dir) if cfg.teacher.dir else self.out / "teacher"
-            self.teacher, rec = finetune_teacher(enc, ttrain, tdir, config=ft, device=cfg.resolved_device,
-                                                 progress=cfg.run.progress, reuse=cfg.run.resume)
+            self.teacher, rec = finetune_teacher(enc, ttrain, tdir, valid=self.dev, config=ft,
+                                                 device=cfg.resolved_device, progress=cfg.run.progress,
+                                                 reuse=cfg.run.resume)
             self.teacher_record = {k: v for k, v in rec.items() if k != "key"}
             self.teacher_record["fine_tuned_here"] = True
             self.log(json.dumps({"teacher": {k: self.teacher_record.get(k) for k in
@@ -186,7 +197,26 @@ class Distiller:
                           self.valid_ann.logits, self.valid_ann.attributions, self.valid_ann.has_attr)
         return tr, va
 
-    def new_student(self):
+    def selection_split(self, valid=None):
+        """The split that selects students (early stopping, best checkpoint): the dev split carved
+        out of the training data, or (``data.dev_fraction = 0``) the validation split itself."""
+        from edgekd.distill.trainer import EncodedSplit
+
+        if self.dev is None:
+            return valid if valid is not None else self._splits()[1]
+        if getattr(self, "_dev_split", None) is None:
+            self._dev_split = EncodedSplit(self.word_tokenizer.encode_batch(self.dev.texts), np.asarray(self.dev.labels))
+        return self._dev_split
+
+    def protocol(self) -> dict:
+        """Which split selected what, and where the table's numbers come from."""
+        cfg = self.config
+        return {"selection": "dev" if self.dev is not None else "validation",
+                "dev": len(self.dev) if self.dev is not None else 0, "dev_fraction": cfg.data.dev_fraction,
+                "valid": len(self.valid), "seed": cfg.run.seed}
+
+    def new_student(self, seed: int | None = None):
+        """A fresh student, initialised with ``seed`` (default: the students' seed)."""
         from edgekd.students import BiLSTMAttentionStudent
 
         cfg = self.config
@@ -200,7 +230,7 @@ class Distiller:
             emb = self._glove
         import torch
 
-        torch.manual_seed(cfg.resolved_student_seed)
+        torch.manual_seed(cfg.resolved_student_seed if seed is None else seed)
         return BiLSTMAttentionStudent(
             self.word_tokenizer.vocab_size, embed_dim=cfg.student.embed_dim, hidden_size=cfg.student.hidden_size,
             num_classes=self.train.num_classes, pad_id=0, attention_dim=cfg.student.attention_dim, dropout=cfg.student.dropout,
@@ -208,27 +238,37 @@ class Distiller:
             backend=cfg.student.backend,
         )
 
-    def train_method(self, method: str) -> MethodResult:
+    def train_method(self, method: str, seed: int | None = None) -> MethodResult:
+        """Train and score the ``method`` student. ``seed`` None: the run's student (its row of the
+        table, in ``<out>/<method>``); another seed: an extra draw for the seed summary (in
+        ``<out>/<method>/seed<S>``, scored without IG on the student)."""
+        import dataclasses
+
         from edgekd.distill.trainer import train_student
         from edgekd.students import BiLSTMAttentionStudent
 
         cfg = self.config
         t0 = time.perf_counter()
         tr, va = self._splits()
-        student = self.new_student()
+        sel = self.selection_split(va)
+        student = self.new_student(seed)
+        tcfg = cfg.train_config(method)
         mdir = self.out / method
-        res = train_student(student, tr, va, cfg.train_config(method), mdir, resume=cfg.run.resume,
+        if seed is not None:
+            tcfg, mdir = dataclasses.replace(tcfg, seed=seed), mdir / f"seed{seed}"
+        res = train_student(student, tr, sel, tcfg, mdir, resume=cfg.run.resume,
                             progress=cfg.run.progress, log=self.log, label_names=self.train.label_names)
         best = BiLSTMAttentionStudent.from_pretrained(res.best_dir, backend=cfg.student.backend)
         self.word_tokenizer.save(Path(res.best_dir) / "tokenizer.json")
-        result = self.evaluate_student(method, best, va, Path(res.best_dir))
+        result = self.evaluate_student(method, best, va, Path(res.best_dir), ig=seed is None)
         result.best_epoch = res.best_epoch
         result.train_seconds = round(time.perf_counter() - t0, 1)
-        self.results[method] = result
-        self._stage(f"student:{method}", t0)
+        if seed is None:
+            self.results[method] = result
+        self._stage(f"student:{method}" + ("" if seed is None else f":seed{seed}"), t0)
         return result
 
-    def evaluate_student(self, method: str, student, va, bundle: Path) -> MethodResult:
+    def evaluate_student(self, method: str, student, va, bundle: Path, ig: bool = True) -> MethodResult:
         from edgekd.metrics import classification_metrics, explanation_agreement
         from edgekd.distill.trainer import predict_logits
 
@@ -242,15 +282,30 @@ class Distiller:
             att = student_attention_logits(student, [va.ids[i] for i in idx])
             ag = explanation_agreement(teach, att, cfg.eval.top_k)
             fa, sa = ag["feature_agreement"], ag["sign_agreement"]
-            ig = student_integrated_gradients(student, [va.ids[i] for i in idx], steps=cfg.eval.ig_steps)
-            ag2 = explanation_agreement(teach, ig, cfg.eval.top_k)
-            fi, si = ag2["feature_agreement"], ag2["sign_agreement"]
+            if ig:
+                att_ig = student_integrated_gradients(student, [va.ids[i] for i in idx], steps=cfg.eval.ig_steps)
+                ag2 = explanation_agreement(teach, att_ig, cfg.eval.top_k)
+                fi, si = ag2["feature_agreement"], ag2["sign_agreement"]
         return MethodResult(
             method=method, accuracy=m["accuracy"], macro_f1=m["macro_f1"], per_class=m["per_class"],
             feature_agreement_attention=fa, sign_agreement_attention=sa, feature_agreement_ig=fi,
             sign_agreement_ig=si, parameters=int(sum(p.numel() for p in student.parameters())),
             size_mb=_file_mb(bundle / "model.safetensors"), best_epoch=0, train_seconds=0.0, bundle_dir=str(bundle),
         )
+
+    def run_baselines(self) -> list[dict]:
+        """The TF-IDF baselines (:mod:`edgekd.distill.baselines`) on the students' training texts,
+        selected on the dev split; skipped (with a log line) when there is no dev split."""
+        from edgekd.distill.baselines import run_baselines
+
+        if self.dev is None:
+            self.log(json.dumps({"baselines": "skipped: no dev split to select them on (data.dev_fraction = 0)"}))
+            return []
+        t0 = time.perf_counter()
+        self.baseline_rows = run_baselines(self.train, self.dev, self.valid, self.out / "baselines",
+                                           seed=self.config.run.seed, log=lambda d: self.log(json.dumps(d)))
+        self._stage("baselines", t0)
+        return self.baseline_rows
 
     def teacher_result(self) -> MethodResult:
         size = float("nan")
@@ -287,18 +342,28 @@ class Distiller:
         self.annotate()
         for m in cfg.train.methods:
             self.train_method(m)
+        if cfg.train.seeds > 1:
+            from edgekd.distill.seeds import train_seeds
+
+            self.seed_summary = train_seeds(self)
+        if cfg.eval.baselines:
+            self.run_baselines()
         self.timings["total"] = round(time.perf_counter() - t0, 1)
         return self.write_report()
 
     def report(self) -> dict:
         cfg = self.config
         rows = [asdict(self.teacher_result())] + [asdict(self.results[m]) for m in cfg.train.methods if m in self.results]
+        rows += [{k: v for k, v in r.items() if k != "bench"} for r in self.baseline_rows]
         return {
             "profile": cfg.run.profile,
             "notes": list(cfg.run.notes),
             "config": asdict(cfg),
-            "data": {"train": len(self.train), "valid": len(self.valid), "source": self.train.source,
+            "data": {"train": len(self.train), "dev": self.protocol()["dev"], "valid": len(self.valid),
+                     "source": self.train.source,
                      "label_names": self.train.label_names, "vocab_size": self.word_tokenizer.vocab_size},
+            "protocol": self.protocol(),
+            "seeds": self.seed_summary,
             "teacher": self.teacher_record,
             "teacher_name": self.teacher_name(),
             "attributed": {"train": int(self.train_ann.has_attr.sum()), "valid": int(self.valid_ann.has_attr.sum())},

@@ -9,6 +9,20 @@ import numpy as np
 from edgekd.errors import EdgekdValueError
 
 
+def differentiable_logits(student, input_ids, attention_mask):
+    """The student's logits through its differentiable path, whatever the caller's grad mode.
+
+    A student may serve a no-grad forward with a fused inference op that never calls its embedding
+    module (``BiLSTMAttentionStudent`` does for small CPU batches), so a hook on that module sees
+    nothing: captum runs its layer pass under ``torch.no_grad`` and fails with "Forward hook did
+    not obtain any outputs for given layer". Attribution needs the layer-by-layer forward, so this
+    forward turns gradients on: a fused op has no backward, so no dispatch may pick it then.
+    """
+    import torch
+
+    with torch.enable_grad():
+        return student(input_ids, attention_mask).logits
+
 
 def student_attention_logits(student, ids: Sequence[Sequence[int]], batch_size: int = 256) -> list[np.ndarray]:
     """The student's attention logits per text (length = its word count)."""
@@ -46,7 +60,7 @@ def student_integrated_gradients(
     student.eval()
 
     def fwd(input_ids, attention_mask):
-        return student(input_ids, attention_mask).logits
+        return differentiable_logits(student, input_ids, attention_mask)
 
     lig = LayerIntegratedGradients(fwd, student.embedding)
     out: list[np.ndarray] = [np.zeros(0)] * len(ids)

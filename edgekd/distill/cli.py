@@ -114,13 +114,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def print_report(rep: dict, cfg, title: str) -> None:
     """The distillation table with its notes, as ``edgekd distill`` and ``edgekd demo`` print it."""
-    from edgekd.distill.report import format_table
+    from edgekd.distill.report import _seeds_md, format_table, protocol_line
 
     print()
     print(f"== {title} ==")
     for n in rep["notes"]:
         print(f"note: {n}")
+    if protocol_line(rep):
+        print(protocol_line(rep))
     print(format_table(rep))
+    if _seeds_md(rep):
+        print(_seeds_md(rep))
     print(f"timings (s): {json.dumps(rep['timings_seconds'])}")
     print(f"results: {Path(cfg.run.out) / 'results.md'} (and .json, .csv); student bundles in {cfg.run.out}/<method>/best")
 

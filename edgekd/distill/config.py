@@ -56,7 +56,7 @@ class TrainConfig:
         choices=VARIANTS))
     alpha: float = field(default=0.5, metadata=_h("weight of the teacher terms"))
     tau: float = field(default=1.0, metadata=_h("softmax temperature of the KL term"))
-    epochs: int = field(default=10, metadata=_h("student epochs (maximum; early stopping on validation macro-F1)"))
+    epochs: int = field(default=10, metadata=_h("student epochs (maximum; early stopping on the selection split's macro-F1: the dev split)"))
     batch_size: int = field(default=32, metadata=_h("texts per student step"))
     optimizer: str = field(default="adam", metadata=_h("student optimizer", choices=OPTIMIZERS))
     lr: float = field(default=1e-3, metadata=_h("student learning rate"))
@@ -65,7 +65,7 @@ class TrainConfig:
     schedule: str = field(default="constant", metadata=_h("learning-rate schedule", choices=SCHEDULES))
     warmup_ratio: float = field(default=0.0, metadata=_h("share of the steps spent warming up"))
     grad_clip: float | None = field(default=5.0, metadata=_h("gradient-norm clip (None: off)"))
-    patience: int = field(default=3, metadata=_h("epochs without a better validation macro-F1 before stopping"))
+    patience: int = field(default=3, metadata=_h("epochs without a better selection (dev) macro-F1 before stopping"))
     seed: int = field(default=0, metadata=_h("student seed: initialisation, shuffling, random embedding rows"))
     eval_batch_size: int = field(default=256, metadata=_h("texts per batch when scoring students"))
 
@@ -100,6 +100,9 @@ class TrainSettings(TrainConfig):
         "the students' own seed (None: the run's seed); vary it alone to measure the students' spread"))
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata=_h(
         "methods to compare: none, kl, mse, dixtill"))
+    seeds: int = field(default=1, metadata=_h(
+        "student seeds per method (>= 2: also seeds s+1.. of the student seed s; the report adds mean +- sd and "
+        "the paired counts of seeds where dixtill > kl > none in macro-F1)"))
 
     def for_method(self, method: str, seed: int = 0) -> TrainConfig:
         """The :class:`TrainConfig` of one student (``seed`` used when this table leaves it None)."""
@@ -113,6 +116,8 @@ class TrainSettings(TrainConfig):
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise EdgekdValueError(f"[train] methods: unknown {bad}; choose from {list(METHODS)}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise EdgekdValueError(f"[train] seeds must be an int >= 1, got {self.seeds!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise EdgekdValueError(f"[train] seed must be an int or None, got {self.seed!r}")
         self.for_method("none").validate()
@@ -124,6 +129,8 @@ class EvalConfig:
 
     top_k: int = field(default=5, metadata=_h("feature/sign agreement at the top k words"))
     ig_steps: int = field(default=20, metadata=_h("Integrated-Gradients steps on the students"))
+    baselines: bool = field(default=True, metadata=_h(
+        "TF-IDF baselines in the table (logistic regression; a linear SVM too when stronger on the dev split)"))
 
     def validate(self) -> None:
         if self.top_k < 1:

@@ -27,19 +27,54 @@ def _f(x, nd=3) -> str:
 def format_table(rep: dict, paper: bool = True) -> str:
     """The comparison table as markdown."""
     k = rep.get("top_k", 5)
+    lat = any(r.get("latency_b1_ms") is not None for r in rep["rows"])
     head = (f"| model | accuracy | macro-F1 | feature agr.@{k} (attention) | sign agr.@{k} (attention) | "
             f"feature agr.@{k} (IG) | sign agr.@{k} (IG) | parameters | size (MB) |"
-            + (" paper acc / F1 |" if paper else ""))
+            + (" batch-1 ms (onnxruntime) |" if lat else "") + (" paper acc / F1 |" if paper else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rep["rows"]:
-        name = f"teacher: {rep.get('teacher_name', '')}" if r["method"] == "teacher" else f"student: {r['method']}"
         p = PAPER.get(r["method"])
         lines.append(
-            f"| {name} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['feature_agreement_attention'])} | "
-            f"{_f(r['sign_agreement_attention'])} | {_f(r['feature_agreement_ig'])} | {_f(r['sign_agreement_ig'])} | "
-            f"{r['parameters']:,} | {_f(r['size_mb'], 2)} |" + (f" {p[0]:.3f} / {p[1]:.3f} |" if paper and p else (" |" if paper else ""))
+            f"| {_row_name(rep, r['method'])} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | "
+            f"{_f(r['feature_agreement_attention'])} | {_f(r['sign_agreement_attention'])} | "
+            f"{_f(r['feature_agreement_ig'])} | {_f(r['sign_agreement_ig'])} | {r['parameters']:,} | "
+            f"{_f(r['size_mb'], 2)} |" + (f" {_f(r.get('latency_b1_ms'), 2)} |" if lat else "")
+            + (f" {p[0]:.3f} / {p[1]:.3f} |" if paper and p else (" |" if paper else ""))
         )
     return "\n".join(lines)
+
+
+def _row_name(rep: dict, method: str) -> str:
+    from edgekd.distill.baselines import BASELINES
+
+    if method == "teacher":
+        return f"teacher: {rep.get('teacher_name', '')}"
+    if method.startswith("tfidf_") and method[len("tfidf_"):] in BASELINES:
+        return f"baseline: {BASELINES[method[len('tfidf_'):]]}"
+    return f"student: {method}"
+
+
+def protocol_line(rep: dict) -> str:
+    """The table's header line: which split the numbers come from and which split selected the models."""
+    p = rep.get("protocol")
+    if not p:
+        return ""
+    n_valid = f"{p['valid']:,}"
+    if p["selection"] == "dev":
+        return (f"Accuracy, macro-F1 and agreement on the validation split ({n_valid} texts), touched once, for "
+                f"this table; early stopping and checkpoints selected on a dev split of {p['dev']:,} training texts "
+                f"({p['dev_fraction']:.0%}, class-stratified, seed {p['seed'] + 1}) that no model trains on.")
+    return (f"Accuracy, macro-F1 and agreement on the validation split ({n_valid} texts), which ALSO selected the "
+            f"students' early stopping and checkpoints (data.dev_fraction = 0): optimistic numbers.")
+
+
+def _seeds_md(rep: dict) -> str:
+    """The seed summary (``train.seeds`` >= 2) as markdown after the table, or ``""``."""
+    if not rep.get("seeds"):
+        return ""
+    from edgekd.distill.seeds import seed_table
+
+    return "\n" + seed_table(rep["seeds"]) + "\n"
 
 
 def _machine() -> dict:
@@ -62,7 +97,8 @@ def _machine() -> dict:
 
 
 CSV_COLUMNS = ["method", "accuracy", "macro_f1", "feature_agreement_attention", "sign_agreement_attention",
-               "feature_agreement_ig", "sign_agreement_ig", "parameters", "size_mb", "best_epoch", "train_seconds"]
+               "feature_agreement_ig", "sign_agreement_ig", "parameters", "size_mb", "best_epoch", "train_seconds",
+               "latency_b1_ms"]
 
 
 def write_results(rep: dict, out: str | os.PathLike) -> None:
@@ -70,8 +106,9 @@ def write_results(rep: dict, out: str | os.PathLike) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rep, indent=2, default=str))
-    (out / "results.md").write_text(format_table(rep) + "\n")
+    head = protocol_line(rep)
+    (out / "results.md").write_text((head + "\n\n" if head else "") + format_table(rep) + "\n" + _seeds_md(rep))
     with open(out / "results.csv", "w") as f:
         f.write(",".join(CSV_COLUMNS) + "\n")
         for r in rep["rows"]:
-            f.write(",".join("" if r[c] is None else str(r[c]) for c in CSV_COLUMNS) + "\n")
+            f.write(",".join("" if r.get(c) is None else str(r[c]) for c in CSV_COLUMNS) + "\n")

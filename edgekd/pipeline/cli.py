@@ -1,4 +1,4 @@
-"""``edgekd demo``: the main job with a shipped profile (``--profile quick|full`` or a .toml file)."""
+"""``edgekd demo``: the main job with a shipped profile (``--profile default|quick|paper|full`` or a .toml file)."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Flags and table.key=value items override the profile: "
                                    "edgekd demo --profile quick train.epochs=3. The defaults shown below are "
                                    "those of the settings dataclasses; the profile's own values come first.")
-    d.add_argument("--profile", default="quick",
-                   help=f"a shipped profile ({', '.join(profiles())}) or a path to a .toml config (default: quick)")
+    d.add_argument("--profile", default="default",
+                   help=f"a shipped profile ({', '.join(profiles())}) or a path to a .toml config (default: default, "
+                        "all the data on a CPU; quick: a smoke test; paper: IG with 50 steps)")
     d.add_argument("--no-compile", dest="no_compile", action="store_true",
                    help="skip compiling teacher and students to ONNX bundles and benchmarking them")
     add_config_flags(d)

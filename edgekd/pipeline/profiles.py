@@ -2,7 +2,7 @@
 
 >>> from edgekd.pipeline import profile_config, profiles
 >>> profiles()
-['full', 'quick']
+['default', 'full', 'paper', 'quick']
 >>> cfg = profile_config("quick", {"train.epochs": 3})
 >>> cfg.train.epochs, cfg.ig.steps, cfg.run.profile
 (3, 8, 'quick')
@@ -83,4 +83,5 @@ def profile_notes(cfg: DistillConfig) -> list[str]:
         f"{p}: {ig}",
         f"{p}: explanation agreement on {amount(cfg.ig.valid_sample)} validation texts; "
         f"accuracy/macro-F1 on {amount(cfg.data.valid_sample)} validation texts",
-    ]
+    ] + ([f"{p}: 'all' training texts = all but the dev split ({cfg.data.dev_fraction:.0%}, stratified), which "
+          "no model trains on; it selects the students and the baselines"] if cfg.data.dev_fraction > 0 else [])

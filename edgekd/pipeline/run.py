@@ -21,6 +21,7 @@ def compile_step(dist: Distiller, **options: Any) -> dict[str, Any]:
     return compile_and_compare(dist.teacher_result().bundle_dir, students, Path(cfg.run.out) / "bundles",
                                eval_texts=list(dist.valid.texts), eval_labels=[int(y) for y in dist.valid.labels],
                                teacher_max_length=cfg.teacher.max_length, student_max_length=cfg.student.max_length,
+                               extra_x86=[r["bench"] for r in dist.baseline_rows],
                                **{"progress": cfg.run.progress, **options})
 
 

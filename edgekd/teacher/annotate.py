@@ -30,6 +30,7 @@ from edgekd.teacher.config import IGConfig  # defined once there, with the other
 from edgekd.teacher.model import Teacher
 
 _FORMAT_VERSION = 1
+_COST_ONLY = ("batch_size", "max_tokens", "internal_batch_size", "freeze_parameters")
 
 
 @dataclass
@@ -48,13 +49,15 @@ class Annotations:
     attributions: list[np.ndarray]
     has_attr: np.ndarray
     key: str = ""
+    delta: np.ndarray | None = None  # [N] captum's convergence delta (0 where not attributed)
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
 
     def select(self, indices: Sequence[int]) -> "Annotations":
         idx = [int(i) for i in indices]
-        return Annotations(self.logits[idx], [self.attributions[i] for i in idx], self.has_attr[idx], self.key)
+        return Annotations(self.logits[idx], [self.attributions[i] for i in idx], self.has_attr[idx], self.key,
+                           None if self.delta is None else self.delta[idx])
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +178,9 @@ def annotation_key(
     h.update(teacher.fingerprint().encode())
     h.update(str(teacher.max_length).encode())
     h.update(word_tokenizer.to_json().encode())
-    h.update(json.dumps(asdict(ig) if ig is not None else None, sort_keys=True).encode())
+    # the settings that decide the attributions; batching and weight-gradient switches only change the cost
+    what = {k: v for k, v in asdict(ig).items() if k not in _COST_ONLY} if ig is not None else None
+    h.update(json.dumps(what, sort_keys=True).encode())
     if attribute_indices is not None:
         h.update(np.asarray(sorted(set(int(i) for i in attribute_indices)), dtype=np.int64).tobytes())
     return h.hexdigest()
@@ -290,17 +295,19 @@ def annotate(
     logits_all = np.zeros((n, teacher.num_labels), dtype=np.float32)
     attrs_all: list[np.ndarray] = [np.zeros(0, np.float32)] * n
     has_all = np.zeros(n, dtype=bool)
+    delta_all = np.zeros(n, dtype=np.float32)
     new_chunks = 0
     todo = []
     for k in range(n_chunks):
         p = _chunk_path(d, k) if d is not None else None
         if p is not None and p.exists():
             lo = k * chunk_size
-            lg, at, ha, _ = _load_chunk(p)
+            lg, at, ha, dl = _load_chunk(p)
             hi = lo + lg.shape[0]
             logits_all[lo:hi] = lg
             attrs_all[lo:hi] = at
             has_all[lo:hi] = ha
+            delta_all[lo:hi] = dl
         else:
             todo.append(k)
     work = int(sum(min(chunk_size, n - k * chunk_size) for k in todo))
@@ -308,25 +315,60 @@ def annotate(
     attributor = _Attributor(teacher, ig) if need_ig else None
     bar = tqdm(total=work, desc="teacher annotate" + (f" (IG {ig.steps} steps)" if attributor else " (logits)"),
                disable=not progress or not todo, unit="text")
-    for k in todo:
-        if max_chunks is not None and new_chunks >= max_chunks:
-            bar.close()
-            raise EdgekdValueError(
-                f"annotate: stopped after {new_chunks} new chunk(s) (max_chunks={max_chunks}); "
-                f"{len(todo) - new_chunks} chunk(s) left, run again to resume"
+    with _no_weight_grads(teacher.model, attributor is not None and ig.freeze_parameters):
+        for k in todo:
+            if max_chunks is not None and new_chunks >= max_chunks:
+                bar.close()
+                raise EdgekdValueError(
+                    f"annotate: stopped after {new_chunks} new chunk(s) (max_chunks={max_chunks}); "
+                    f"{len(todo) - new_chunks} chunk(s) left, run again to resume"
+                )
+            lo, hi = k * chunk_size, min(n, (k + 1) * chunk_size)
+            lg, at, ha, dl = _annotate_chunk(
+                teacher, dataset, word_tokenizer, range(lo, hi), wanted, attributor, ig, logits_batch_size, bar
             )
-        lo, hi = k * chunk_size, min(n, (k + 1) * chunk_size)
-        lg, at, ha, dl = _annotate_chunk(
-            teacher, dataset, word_tokenizer, range(lo, hi), wanted, attributor, ig, logits_batch_size, bar
-        )
-        if d is not None:
-            _save_chunk(_chunk_path(d, k), lg, at, ha, dl)
-        logits_all[lo:hi] = lg
-        attrs_all[lo:hi] = at
-        has_all[lo:hi] = ha
-        new_chunks += 1
+            if d is not None:
+                _save_chunk(_chunk_path(d, k), lg, at, ha, dl)
+            logits_all[lo:hi] = lg
+            attrs_all[lo:hi] = at
+            has_all[lo:hi] = ha
+            delta_all[lo:hi] = dl
+            new_chunks += 1
     bar.close()
-    return Annotations(logits_all, list(attrs_all), has_all, key)
+    return Annotations(logits_all, list(attrs_all), has_all, key, delta_all)
+
+
+class _no_weight_grads:
+    """Turn ``requires_grad`` off on every parameter of ``model`` (when ``on``), restore it after."""
+
+    def __init__(self, model, on: bool):
+        self.params = [p for p in model.parameters() if p.requires_grad] if on else []
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)
+
+
+def ig_batches(lengths: Sequence[int], steps: int, batch_size: int, max_tokens: int | None) -> list[list[int]]:
+    """Positions of ``lengths`` grouped into captum calls: sorted by length (stable), each call at
+    most ``batch_size`` texts and (``max_tokens`` given) at most ``max_tokens`` interpolated
+    positions, ``texts x steps x longest``; a text longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda j: lengths[j])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for j in order:
+        longest = max(lengths[j], max((lengths[i] for i in cur), default=0))
+        if cur and (len(cur) >= batch_size or (max_tokens is not None and (len(cur) + 1) * steps * longest > max_tokens)):
+            out.append(cur)
+            cur = []
+        cur.append(j)
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _annotate_chunk(teacher, dataset, word_tokenizer, rows, wanted, attributor, ig, logits_batch_size, bar):
@@ -340,11 +382,11 @@ def _annotate_chunk(teacher, dataset, word_tokenizer, rows, wanted, attributor, 
     local = [j for j, i in enumerate(rows) if wanted[i]]
     if attributor is not None and local:
         bar.update(len(rows) - len(local))
-        # sort by length so a captum batch holds similar lengths (less padding)
-        local.sort(key=lambda j: len(texts[j]))
-        bs = ig.batch_size
-        for b in range(0, len(local), bs):
-            js = local[b : b + bs]
+        # length buckets: texts sorted by sub-word count, as many per captum call as the budget holds
+        n_sub = teacher.tokenizer([texts[j] for j in local], truncation=True, max_length=teacher.max_length,
+                                  return_length=True)["length"]
+        for pos in ig_batches(n_sub, ig.steps, ig.batch_size, ig.max_tokens):
+            js = [local[p] for p in pos]
             enc = teacher.encode([texts[j] for j in js], offsets=True)
             dev = teacher.device
             ids = enc["input_ids"].to(dev)

@@ -133,3 +133,27 @@ def test_hf_datasets_directory(tmp_path):
     dd.save_to_disk(str(tmp_path / "hfds"))
     ds = load_dataset(tmp_path / "hfds", split="train")
     assert ds.label_names == ["neg", "pos", "neu"] and ds.labels == [1, 0, 2]
+
+
+def test_stratified_split_holds_out_a_seeded_stratified_share(tfns_dir):
+    full = load_tfns("train", root=tfns_dir)
+    rest, dev = full.stratified_split(0.1, seed=1)
+    assert (len(rest), len(dev)) == (9543 - 954, 954)
+    c = dev.class_counts()
+    # proportional to 1442 / 1923 / 6178 of 9543
+    assert abs(c["bearish"] - 144) <= 1 and abs(c["bullish"] - 192) <= 1 and abs(c["neutral"] - 618) <= 1
+    # disjoint and complete: every row lands in exactly one of the two
+    idx = full.stratified_indices(954, seed=1)
+    assert dev.texts == [full.texts[i] for i in idx]
+    assert rest.texts == [full.texts[i] for i in range(len(full)) if i not in set(idx)]
+    again, dev2 = full.stratified_split(0.1, seed=1)
+    assert dev2.fingerprint() == dev.fingerprint() and again.fingerprint() == rest.fingerprint()
+    assert full.stratified_split(0.1, seed=2)[1].fingerprint() != dev.fingerprint()
+    tiny = full.head(3)
+    assert [len(x) for x in tiny.stratified_split(0.01)] == [2, 1]  # at least one row held out
+    assert [len(x) for x in tiny.stratified_split(0.99)] == [1, 2]  # at least one row kept
+    for bad in (0, 1, 1.5, True):
+        with pytest.raises(EdgekdValueError, match="fraction must be in"):
+            full.stratified_split(bad)
+    with pytest.raises(EdgekdValueError, match="at least 2 rows"):
+        full.head(1).stratified_split(0.5)

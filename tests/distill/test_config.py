@@ -143,3 +143,24 @@ def test_validate_and_device():
         DistillConfig(data={"train": "a.csv"}).validate()
     with pytest.raises(EdgekdValueError, match=r"\[ig\] sample must be >= 1"):
         DistillConfig(ig={"sample": 0}).validate()
+    for bad in (-0.1, 1.0, "x", True):
+        with pytest.raises(EdgekdValueError, match="dev_fraction must be"):
+            DistillConfig(data={"dev_fraction": bad}).validate()
+
+
+def test_dev_fraction_from_toml_and_the_command_line(tmp_path):
+    from edgekd.distill.cli import register
+
+    assert DistillConfig().data.dev_fraction == 0.1
+    f = tmp_path / "c.toml"
+    f.write_text("[data]\ndev_fraction = 0.2\n")
+    assert DistillConfig.from_toml(f).data.dev_fraction == 0.2
+    assert DistillConfig().override({"data.dev_fraction": 0}).data.dev_fraction == 0.0
+    import argparse
+
+    from edgekd.distill.cli import config_from_args
+
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    args = p.parse_args(["distill", "--dev-fraction", "0.15"])
+    assert config_from_args(args).data.dev_fraction == 0.15

@@ -68,13 +68,21 @@ def test_cli_end_to_end_tiny(tmp_path, tiny_teacher_dir, tfns_dir, capsys):
     printed = capsys.readouterr().out
     assert "| student: dixtill |" in printed and "paper acc / F1" in printed
     rep = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in rep["rows"]] == ["teacher", "none", "kl", "mse", "dixtill"]
+    methods = [r["method"] for r in rep["rows"]]
+    assert methods[:6] == ["teacher", "none", "kl", "mse", "dixtill", "tfidf_lr"] and methods[6:] in ([], ["tfidf_svm"])
+    assert "| baseline: TF-IDF 1-2 grams + logistic regression |" in printed
     assert rep["data"] == {**rep["data"], "train": 120, "valid": 60}
     assert rep["attributed"] == {"train": 30, "valid": 20}
-    for r in rep["rows"][1:]:
+    for r in rep["rows"][1:5]:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["feature_agreement_attention"] <= 1
         assert r["parameters"] > 0 and r["size_mb"] > 0
-    assert (out / "results.md").read_text().startswith("| model |")
+    md = (out / "results.md").read_text()
+    assert md.startswith("Accuracy, macro-F1 and agreement on the validation split (60 texts), touched once")
+    assert "\n\n| model |" in md and "touched once" in printed
+    # the dev split: 10% of the training rows (TFNS train), held out of the students' sample
+    assert rep["protocol"] == {"selection": "dev", "dev": rep["data"]["dev"], "dev_fraction": 0.1, "valid": 60,
+                               "seed": 0}
+    assert rep["data"]["dev"] > 0
     bundle = out / "dixtill" / "best"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in bundle.iterdir()}
     html = tmp_path / "e.html"

@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_profiles_are_package_data():
-    assert {"quick", "full"} <= set(profiles())
+    assert {"default", "quick", "paper", "full"} <= set(profiles())
     for name in profiles():
         p = profile_path(name)
         assert p.parent.name == "configs" and p.parent.parent.name == "edgekd" and p.suffix == ".toml"
@@ -51,11 +51,11 @@ def test_profiles_hand_the_teacher_annotator_and_trainer_the_settings_of_the_pub
 
     q, f = profile_config("quick"), profile_config("full")
     assert q.finetune_config() == FinetuneConfig(epochs=1.0, lr=1e-4, batch_size=16, max_length=64, seed=0,
-                                                 head_lr_multiplier=10.0)
-    assert q.ig_config() == IGConfig(steps=8, batch_size=8)
+                                                 head_lr_multiplier=10.0, freeze_embeddings=False)
+    assert q.ig_config() == IGConfig(steps=8)  # batching settings are not part of the cache key
     assert q.train_config("kl") == TrainConfig(method="kl", epochs=8, patience=2, seed=0)
     assert f.finetune_config() == FinetuneConfig(epochs=3.0, lr=5e-5, batch_size=16, max_length=64, seed=0,
-                                                 head_lr_multiplier=10.0)
+                                                 head_lr_multiplier=10.0, freeze_embeddings=False)
     assert f.ig_config() == IGConfig(steps=50, batch_size=4)
     assert f.train_config("dixtill") == TrainConfig(method="dixtill", epochs=30, patience=5, seed=0)
 
@@ -88,3 +88,36 @@ def test_flat_keywords_still_work():
     with pytest.warns(EdgekdDeprecationWarning):
         q = profile_config("quick", epochs=2)
     assert q.train.epochs == 2 and q.ig.steps == 8 and q.run.notes
+
+
+def test_default_profile_is_all_the_data_and_paper_uses_50_steps():
+    from edgekd.pipeline.cli import register
+
+    import argparse
+
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    assert p.parse_args(["demo"]).profile == "default"
+    assert "DEMO_PROFILE ?= default" in (ROOT / "Makefile").read_text()
+    d = profile_config("default")
+    assert (d.data.sample, d.data.limit, d.teacher.sample, d.ig.sample) == (None, None, None, None)
+    assert d.data.dev_fraction == 0.1 and d.teacher.freeze_embeddings and d.eval.baselines
+    assert any("IG with 8 steps (paper: 50) on every student training text" in n for n in d.run.notes)
+    pp = profile_config("paper")
+    assert (pp.ig.steps, pp.eval.ig_steps, pp.ig.sample, pp.data.sample) == (50, 50, None, None)
+    assert pp.teacher == d.teacher and pp.train == d.train
+
+
+def test_annotation_cache_key_ignores_cost_only_settings(tiny_teacher_dir, tfns_small):
+    from edgekd.data import WordTokenizer
+    from edgekd.teacher import IGConfig, Teacher
+    from edgekd.teacher.annotate import annotation_key
+
+    tr, _ = tfns_small
+    t = Teacher.from_pretrained(tiny_teacher_dir, max_length=24)
+    tok = WordTokenizer.train(tr.texts, max_length=20)
+    key = annotation_key(tr, t, tok, IGConfig(steps=8), None)
+    assert key == annotation_key(tr, t, tok, IGConfig(steps=8, batch_size=8, max_tokens=None,
+                                                       freeze_parameters=False, internal_batch_size=16), None)
+    assert key != annotation_key(tr, t, tok, IGConfig(steps=16), None)
+    assert key != annotation_key(tr, t, tok, IGConfig(steps=8, target="label"), None)

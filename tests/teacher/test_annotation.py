@@ -104,3 +104,38 @@ def test_bad_settings(setup):
         annotate(teacher, data, tok, ig=IGConfig(baseline="noise"), progress=False)
     with pytest.raises(EdgekdValueError, match="out of range"):
         annotate(teacher, data, tok, ig=IGConfig(), attribute_indices=[99], progress=False)
+    with pytest.raises(EdgekdValueError, match="max_tokens must be >= 1 or None"):
+        annotate(teacher, data, tok, ig=IGConfig(max_tokens=0), progress=False)
+
+
+def test_ig_batches_bucket_by_length_under_a_token_budget():
+    from edgekd.teacher.annotate import ig_batches
+
+    lengths = [30, 5, 12, 5, 60, 7, 12, 100]
+    got = ig_batches(lengths, steps=4, batch_size=3, max_tokens=200)
+    assert sorted(j for b in got for j in b) == list(range(8))  # every text exactly once
+    for b in got:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * 4 * max(lengths[j] for j in b) <= 200
+    # sorted by length: the calls go from short to long texts
+    flat = [lengths[j] for b in got for j in b]
+    assert flat == sorted(flat)
+    assert got[0] == [1, 3, 5] and got[-1] == [7]  # 3 x 4 x 7 = 84 <= 200; 100 alone (over budget)
+    # no budget: fixed-size calls over the length-sorted texts
+    assert [len(b) for b in ig_batches(lengths, 4, 3, None)] == [3, 3, 2]
+
+
+def test_batching_and_frozen_weights_do_not_change_attributions(setup):
+    """The new defaults (length buckets, no weight gradients) give the old settings' attributions,
+    and leave the teacher's parameters trainable afterwards."""
+    teacher, tok, data = setup
+    sub = data.head(12)
+    old = annotate(teacher, sub, tok, ig=IGConfig(steps=8, batch_size=8, max_tokens=None, freeze_parameters=False),
+                   progress=False)
+    before = [p.requires_grad for p in teacher.model.parameters()]
+    new = annotate(teacher, sub, tok, ig=IGConfig(steps=8, max_tokens=400), progress=False)
+    assert [p.requires_grad for p in teacher.model.parameters()] == before
+    for a, b in zip(old.attributions, new.attributions):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(a).max())))
+    np.testing.assert_allclose(new.delta, old.delta, atol=1e-4)
+    assert new.delta.shape == (12,) and np.isfinite(new.delta).all()

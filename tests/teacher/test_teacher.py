@@ -31,6 +31,22 @@ def test_finetune_saves_and_reuses(tiny_teacher_dir, tfns_small, tmp_path):
     assert json.loads((tmp_path / "t" / "edgekd_teacher.json").read_text())["steps"] == 3
 
 
+def test_word_embeddings_frozen_by_default(tiny_teacher_dir, tfns_small, tmp_path):
+    from safetensors.torch import load_file
+
+    train = tfns_small[0].head(32)
+    key = "bert.embeddings.word_embeddings.weight"
+    src = load_file(str(tiny_teacher_dir / "model.safetensors"))
+    assert FinetuneConfig().freeze_embeddings is True
+    for freeze in (True, False):
+        cfg = FinetuneConfig(epochs=1, lr=1e-3, batch_size=8, max_length=24, freeze_embeddings=freeze)
+        finetune_teacher(tiny_teacher_dir, train, tmp_path / str(freeze), config=cfg, progress=False)
+        out = load_file(str(tmp_path / str(freeze) / "model.safetensors"))
+        assert torch.equal(out[key], src[key]) is freeze
+        layer = "bert.encoder.layer.0.attention.self.query.weight"
+        assert not torch.equal(out[layer], src[layer])  # the rest of the encoder trains either way
+
+
 def test_teacher_errors(tmp_path, tiny_teacher_dir, tfns_small):
     with pytest.raises(EdgekdValueError, match="no config.json"):
         Teacher.from_pretrained(tmp_path)
