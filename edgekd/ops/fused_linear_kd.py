@@ -171,18 +171,41 @@ def _fake(hidden, weight, bias, valid, teacher_logits, topk_ids, topk_logprobs, 
     )
 
 
+def triton_forward(hidden, weight, bias, valid, teacher_logits, labels, loss, temperature, beta, alpha, ce_weight,
+                   chunk_size):
+    """The Triton path (dense teacher): the per-row head/tail thresholds of AKL / clipped KL are
+    computed here (a sort on the device), the rest in ``edgekd.kernels.fused_linear_kd``."""
+    from edgekd.kernels import fused_linear_kd as _k
+
+    N, H = hidden.shape
+    V = weight.shape[0]
+    name = kd_math.effective_loss(loss, beta, alpha)
+    thr = None
+    if name in ("akl", "clipped_kl"):
+        mass, exclusive = (kd_math.AKL_MU, False) if name == "akl" else (1.0 - alpha, True)
+        parts = []
+        for s in range(0, N, 1024):  # the smallest teacher logit of the head (+inf: empty head)
+            t = teacher_logits[s:s + 1024].float()
+            p = torch.softmax(t / temperature, dim=-1)
+            thr_p = kd_math.split_threshold(p, mass, exclusive).unsqueeze(-1)
+            parts.append(torch.where(p >= thr_p, t, torch.full_like(t, float("inf"))).amin(-1))
+        thr = torch.cat(parts)
+    C = int(chunk_size) if chunk_size > 0 else default_chunk_size(N, V, H)
+    return _k.forward(hidden, weight, bias, valid, teacher_logits, labels, name, temperature, beta, alpha,
+                      ce_weight, C, thr)
+
+
 @torch.library.register_kernel(_OP, "cuda")
 def _cuda(hidden, weight, bias, valid, teacher_logits, topk_ids, topk_logprobs, tail_logmass, labels,
           loss, temperature, beta, alpha, ce_weight, chunk_size):
     from edgekd.kernels.utils import triton_available
 
-    args = (hidden, weight, bias, valid, teacher_logits, topk_ids, topk_logprobs, tail_logmass, labels,
-            loss, temperature, beta, alpha, ce_weight, chunk_size)
-    if not triton_available():  # CUDA without Triton: the chunked PyTorch implementation
-        return chunked_forward(*args)
-    from edgekd.kernels import fused_linear_kd as _k
-
-    return _k.forward(*args)
+    if teacher_logits is None or not triton_available():
+        # sparse teachers, and CUDA without Triton: the chunked PyTorch implementation
+        return chunked_forward(hidden, weight, bias, valid, teacher_logits, topk_ids, topk_logprobs, tail_logmass,
+                               labels, loss, temperature, beta, alpha, ce_weight, chunk_size)
+    return triton_forward(hidden, weight, bias, valid, teacher_logits, labels, loss, temperature, beta, alpha,
+                          ce_weight, chunk_size)
 
 
 if not _ext.has_extension():  # a second CPU registration would silently override the C++ kernel

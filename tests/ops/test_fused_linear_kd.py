@@ -213,3 +213,25 @@ def test_bad_inputs():
         fused_linear_kd(h, W[:, :2], t)
     with pytest.raises(EdgekdValueError, match="labels must be in"):
         fused_linear_kd(h, W, t, labels=torch.tensor([0, 1, 2, 6]), ce_weight=0.5)
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+@pytest.mark.parametrize("max_block", [4096, 8])  # one block per row / a loop over 3 blocks
+def test_triton_kernel_interpreter_matches_oracle(loss, max_block, monkeypatch):
+    from edgekd.kernels import fused_linear_kd as kernel
+    from edgekd.kernels.utils import interpret_mode
+
+    monkeypatch.setattr(kernel, "MAX_BLOCK", max_block)
+    if not torch.cuda.is_available():
+        assert interpret_mode(), "tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU"
+    from edgekd.ops.fused_linear_kd import triton_forward
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    N, H, V = 5, 4, 21
+    h, W, b, t, labels = make_case(N, H, V)
+    valid = labels != -100
+    kw = dict(loss=loss, temperature=TAU, beta=0.3, alpha=0.2, ce_weight=0.25)
+    total, gh, gw, gb = triton_forward(h.to(dev), W.to(dev), b.to(dev), valid.to(dev), t.to(dev), labels.to(dev),
+                                       loss, TAU, 0.3, 0.2, 0.25, 2)
+    n = int(valid.sum())
+    compare((total / n, (gh / n, gw / n, gb / n)), oracle(h, W, b, t, labels, **kw), N, V, H)
