@@ -137,12 +137,12 @@ def _kd_rows_kernel(
             cols = off + tl.arange(0, BLOCK)
             m = cols < V
             lq = tl.load(zr + cols, mask=m, other=0.0) * inv_tau - lse_x
-            traw = tl.load(tr + cols, mask=m, other=float("-inf"))
+            traw = tl.load(tr + cols, mask=m, other=0.0)
             lp = traw * inv_tau - lse_y
             p = tl.where(m, tl.exp(lp), 0.0)
             q = tl.where(m, tl.exp(lq), 0.0)
             gap = tl.abs(p - q)
-            head = traw >= thr
+            head = m & (traw >= thr)
             gh += tl.sum(tl.where(head, gap, 0.0), 0)
             gt += tl.sum(tl.where(head, 0.0, gap), 0)
             Lf += tl.sum(tl.where(p > 0, p * (lp - lq), 0.0), 0)
@@ -164,10 +164,10 @@ def _kd_rows_kernel(
             cols = off + tl.arange(0, BLOCK)
             m = cols < V
             lq = tl.load(zr + cols, mask=m, other=0.0) * inv_tau - lse_x
-            traw = tl.load(tr + cols, mask=m, other=float("-inf"))
+            traw = tl.load(tr + cols, mask=m, other=0.0)
             lp = traw * inv_tau - lse_y
             p = tl.where(m, tl.exp(lp), 0.0)
-            keep = traw >= thr
+            keep = m & (traw >= thr)
             clip = m & (traw < thr)
             Lk += tl.sum(tl.where(keep & (p > 0), p * (lp - lq), 0.0), 0)
             Sk += tl.sum(tl.where(keep, p, 0.0), 0)
@@ -205,7 +205,7 @@ def _kd_rows_kernel(
         m = cols < V
         z = tl.load(zr + cols, mask=m, other=0.0)
         lq = z * inv_tau - lse_x
-        traw = tl.load(tr + cols, mask=m, other=float("-inf"))
+        traw = tl.load(tr + cols, mask=m, other=0.0)
         lp = traw * inv_tau - lse_y
         p = tl.where(m, tl.exp(lp), 0.0)
         q = tl.where(m, tl.exp(lq), 0.0)
