@@ -30,12 +30,15 @@ test-fast: $(VENV)/.installed build
 	$(VPY) -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
 
 # the main job: TFNS -> fine-tuned MiniLM teacher -> IG annotations -> 4 students -> table (quick profile)
+# DEMO_PROFILE: a profile shipped in edgekd/configs (quick, full) or a .toml file;
+# DEMO_ARGS: flags or table.key=value overrides, e.g. make demo DEMO_ARGS="train.epochs=3 --threads 2"
 DEMO_PROFILE ?= quick
+DEMO_ARGS ?=
 # installs the `demo` extra's packages (listed in pyproject.toml) without rebuilding edgekd._C
 demo: $(VENV)/.installed
 	$(VPY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['demo']; print('\n'.join(r for r in d if not r.startswith('edgekd')))" > $(VENV)/demo-requirements.txt
 	$(PIP) install -q -r $(VENV)/demo-requirements.txt
-	$(VPY) -m edgekd demo --profile $(DEMO_PROFILE)
+	$(VPY) -m edgekd demo --profile $(DEMO_PROFILE) $(DEMO_ARGS)
 
 clean:
 	rm -rf build *.egg-info edgekd/_C*.so $(VENV)

@@ -36,4 +36,8 @@ if os.environ.get("EDGEKD_NO_EXT", "0") != "1":
     )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
 
-setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules, cmdclass=cmdclass)
+# the profiles of `edgekd demo` (TOML configs) ship inside the package
+package_data = {"edgekd": ["configs/*.toml"]}
+
+setup(packages=packages, package_dir=package_dir, package_data=package_data, ext_modules=ext_modules,
+      cmdclass=cmdclass)

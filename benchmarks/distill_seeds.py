@@ -9,7 +9,7 @@ which is the size of the seed-to-seed spread of a small BiLSTM. This says which 
       [--profile quick]   -> benchmarks/results/distill_tfns_seeds.md (+ .json)
 
 ``--base`` is the finished demo run (its ``results.json`` is seed 0 and its ``teacher/`` is
-reused); each seed runs ``edgekd demo --profile P --no-compile --set student_seed=S`` into
+reused); each seed runs ``edgekd demo --profile P --no-compile train.seed=S`` into
 ``BASE-seedS`` with the teacher directory pointed at ``BASE/teacher`` (so nothing is re-fine-tuned
 and the annotation cache is hit).
 """
@@ -34,7 +34,7 @@ def run_seed(base: pathlib.Path, profile: str, seed: int) -> dict:
     out = base.parent / f"{base.name}-seed{seed}"
     if not (out / "results.json").is_file():
         cmd = [sys.executable, "-m", "edgekd", "demo", "--profile", profile, "--no-compile", "--out", str(out),
-               "--no-progress", "--set", f"student_seed={seed}", "--set", f"teacher_dir='{base / 'teacher'}'"]
+               "--no-progress", f"train.seed={seed}", f"teacher.dir='{base / 'teacher'}'"]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads((out / "results.json").read_text())

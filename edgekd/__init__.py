@@ -21,6 +21,7 @@ _LAZY_SUBMODULES = {
     "prune",
     "quantize",
     "compile",
+    "pipeline",
     "runtime",
     "kernels",
 }

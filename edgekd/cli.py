@@ -9,17 +9,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from edgekd import __version__
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdDeprecationWarning, EdgekdError
 
-# module paths that expose register(subparsers); each area adds its own line
+# module paths that expose register(subparsers), in the order of the job (and of `edgekd --help`):
+# the main job, its steps, then compiling and running bundles; each area adds its own line
 _COMMAND_MODULES: list[str] = [
+    "edgekd.pipeline.cli",
+    "edgekd.distill.cli",
+    "edgekd.teacher.cli",
+    "edgekd.prune.cli",
     "edgekd.compile.cli",
     "edgekd.runtime.cli",
-    "edgekd.teacher.cli",
-    "edgekd.distill.cli",
-    "edgekd.prune.cli",
 ]
 
 
@@ -40,24 +43,72 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    parser.epilog = _nested_epilog(sub)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `edgekd demo --profile quick train.epochs=3 --threads 2 ig.steps=4`: table.key=value items
+        # anywhere after the verb are overrides (argparse takes only the first run of positionals)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "func", None):
+        args.func = _printing_deprecations(args.func)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         rc = args.func(args)
     except EdgekdError as exc:  # user errors: one clear line, no traceback
-        print(f"edgekd: error: {exc}", file=sys.stderr)
+        print(f"edgekd: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written
+        print(f"edgekd: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgekd: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _nested_epilog(sub: argparse._SubParsersAction) -> str | None:
+    """One line naming every nested command (``teacher finetune``, ``prune tokens``, ...), so
+    ``edgekd --help`` lists all of them, flat and nested alike."""
+    nested = []
+    for name, p in sub.choices.items():
+        for action in p._actions:  # noqa: SLF001  (argparse has no public accessor)
+            if isinstance(action, argparse._SubParsersAction):
+                nested += [f"{name} {child}" for child in action.choices]
+    if not nested:
+        return None
+    return "nested commands: " + ", ".join(nested) + ". Run `edgekd COMMAND --help` for the flags of each."
+
+
+def _show_deprecation(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """Deprecations of old settings and spellings: one ``edgekd: warning:`` line, as for old flags."""
+    if issubclass(category, EdgekdDeprecationWarning):
+        print(f"edgekd: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
+def _printing_deprecations(func):
+    """``func`` with the deprecations it raises printed as one ``edgekd: warning:`` line each."""
+    def run(args):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_deprecation
+            return func(args)
+
+    return run
 
 
 if __name__ == "__main__":  # pragma: no cover

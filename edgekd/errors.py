@@ -16,3 +16,10 @@ class EdgekdValueError(EdgekdError, ValueError):
 
 class BundleError(EdgekdValueError):
     """A model bundle is corrupt, tampered with, or unsafe to load."""
+
+
+class EdgekdDeprecationWarning(FutureWarning):
+    """An old spelling (a flat config key, a keyword, a flag) that still works for one release.
+
+    A :class:`FutureWarning`, so Python shows it by default; the ``edgekd`` command prints it as
+    one ``edgekd: warning:`` line."""

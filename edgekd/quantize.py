@@ -9,10 +9,13 @@ Thin, validated wrappers over ``onnxruntime.quantization``:
   dynamic scheme's run-time range computation costs too much (small batches, many small MatMuls).
 
 Both run ONNX Runtime's pre-processing (shape inference and graph optimisation) first when
-``preprocess=True``, which the ONNX Runtime documentation recommends before quantising.
+``preprocess=True``, which the ONNX Runtime documentation recommends before quantising; its
+*symbolic* shape inference is skipped (see :func:`_preprocessed`).
 
-Note: the compile step (``edgekd.compile``) owns the bundle format; these functions work on plain
-``.onnx`` files so that any exported model (teacher, token-pruned or head-pruned) can be
+These are the only int8 wrappers in edgekd: the compile step (``edgekd.compile.variants``) calls
+them for its int8 bundle variants (static by default: a fixed activation scale makes a text's label
+independent of the other texts in its batch, which the dynamic scheme does not). They work on
+plain ``.onnx`` files so that any exported model (teacher, token-pruned or head-pruned) can be
 quantised and measured.
 """
 from __future__ import annotations
@@ -57,7 +60,7 @@ def _preprocessed(src: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
     # ONNX Runtime's *symbolic* shape inference cannot follow the position-id slicing of exported
     # BERT graphs (Min(max_positions, sequence)) and, when it fails, dumps files into the working
     # directory; ONNX shape inference and the graph optimisation still run.
-    quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    quant_pre_process(str(src), str(out), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
     return out
 
 
@@ -70,6 +73,7 @@ def quantize_dynamic(
     reduce_range: bool = False,
     op_types: Iterable[str] | None = None,
     preprocess: bool = True,
+    extra_options: Mapping[str, object] | None = None,
 ) -> pathlib.Path:
     """Dynamic int8 quantisation of ``src`` into ``dst``; returns ``dst``.
 
@@ -79,6 +83,7 @@ def quantize_dynamic(
         reduce_range: 7-bit weights, for x86 CPUs without VNNI.
         op_types: operator types to quantise (default: all that ONNX Runtime supports).
         preprocess: run ONNX Runtime's quantisation pre-processing first.
+        extra_options: passed to onnxruntime (e.g. ``{"MatMulConstBOnly": True}``).
     """
     from onnxruntime.quantization import quantize_dynamic as _ort_quantize_dynamic
 
@@ -93,6 +98,7 @@ def quantize_dynamic(
             per_channel=bool(per_channel),
             reduce_range=bool(reduce_range),
             weight_type=wtype,
+            extra_options=dict(extra_options or {}),
         )
     return dst_p
 
@@ -142,6 +148,7 @@ def quantize_static(
     reduce_range: bool = False,
     op_types: Iterable[str] | None = None,
     preprocess: bool = True,
+    extra_options: Mapping[str, object] | None = None,
 ) -> pathlib.Path:
     """Static int8 quantisation in QDQ format, calibrated on ``calibration``; returns ``dst``.
 
@@ -150,7 +157,7 @@ def quantize_static(
         method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` range calibration.
         activation_type: ``"quint8"`` (default, x86) or ``"qint8"`` (symmetric, ARM).
         weight_type: ``"qint8"`` (default) or ``"quint8"``.
-        per_channel, reduce_range, op_types, preprocess: as in :func:`quantize_dynamic`.
+        per_channel, reduce_range, op_types, preprocess, extra_options: as in :func:`quantize_dynamic`.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat
@@ -183,5 +190,6 @@ def quantize_static(
             activation_type=atype,
             weight_type=wtype,
             calibrate_method=calib,
+            extra_options=dict(extra_options or {}),
         )
     return dst_p

@@ -12,6 +12,7 @@ if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pathlib
+import string
 
 import pytest
 
@@ -19,8 +20,138 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
 
 
+# --- text data and a tiny teacher (tests/data, tests/teacher, tests/distill, tests/pipeline) ---
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TFNS_TRAIN_SHA = "184e6322b7f0e84c3103a83d198f1be8203de8b63a857f67a2964321b71c4e8d"
+
+
+@pytest.fixture(scope="session")
+def tfns_dir(shared_data):
+    d = shared_data / "tfns"
+    if not (d / "sent_train.csv").exists():
+        pytest.skip("TFNS not in shared data")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tfns_small(tfns_dir):
+    """(train, valid): 600 / 200 stratified real TFNS tweets."""
+    from edgekd.data import load_tfns
+
+    tr = load_tfns("train", root=tfns_dir).stratified_sample(600, seed=1)
+    va = load_tfns("validation", root=tfns_dir).stratified_sample(200, seed=1)
+    return tr, va
+
+
+def make_tiny_bert(path, texts, num_labels: int = 3, seed: int = 0, hidden: int = 16, layers: int = 2):
+    """A random 2-layer BERT sequence classifier with a WordPiece vocabulary built from ``texts``
+    (whole words seen twice or more, plus single characters and their ## forms), saved in ``path``."""
+    import collections
+    import re
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    words = collections.Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    vocab += sorted(w for w, c in words.items() if c >= 2 and len(w) > 1)
+    path.mkdir(parents=True, exist_ok=True)
+    wp = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    wp.decoder = decoders.WordPiece()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        id2label={0: "bearish", 1: "bullish", 2: "neutral"},
+        label2id={"bearish": 0, "bullish": 1, "neutral": 2},
+    )
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tfns_small):
+    tr, _ = tfns_small
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tr.texts)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread (and far faster on a shared machine); a folder's
+    conftest makes this autouse."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
     return DATA
+
+
+# ------------------------------------------------------------------ compiled bundles (compile + runtime tests)
+# a tiny word tokenizer, a tiny student in the student's on-disk format, a tiny BERT teacher, and
+# their compiled bundles, built once per session (helpers: tests/compile_helpers.py)
+from compile_helpers import (LABEL_NAMES, LABELS, TEXTS, make_tiny_teacher, make_word_tokenizer,  # noqa: E402,F401
+                             save_random_student)
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer(tmp_path_factory) -> pathlib.Path:
+    return make_word_tokenizer(TEXTS, tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory, word_tokenizer) -> pathlib.Path:
+    from tokenizers import Tokenizer
+
+    V = Tokenizer.from_file(str(word_tokenizer)).get_vocab_size()
+    d = save_random_student(tmp_path_factory.mktemp("student") / "student", V + 3)
+    (d / "tokenizer.json").write_bytes(word_tokenizer.read_bytes())
+    return d
+
+
+@pytest.fixture(scope="session")
+def student_bundle(tmp_path_factory, student_dir) -> pathlib.Path:
+    """The tiny student compiled for both targets (no arm64 emulation here: its own test does it)."""
+    from edgekd.compile import compile_student
+
+    out = tmp_path_factory.mktemp("bundles") / "student"
+    return compile_student(student_dir, out, eval_texts=TEXTS, eval_labels=LABELS, max_length=16,
+                           arm64_check=False, progress=False)
+
+
+
+@pytest.fixture(scope="session")
+def teacher_bundle(tmp_path_factory) -> pathlib.Path:
+    from edgekd.compile import compile_teacher
+
+    src = make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "teacher")
+    return compile_teacher(src, tmp_path_factory.mktemp("bundles") / "teacher", eval_texts=TEXTS, eval_labels=LABELS,
+                           max_length=24, arm64_check=False, progress=False)

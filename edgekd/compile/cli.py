@@ -3,39 +3,73 @@ from __future__ import annotations
 
 import argparse
 
+from edgekd import cliflags
+from edgekd.errors import EdgekdValueError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a student, a Hugging Face teacher or a pruned model into an ONNX bundle",
-                       usage="edgekd compile [-h] [KIND] SOURCE OUT --eval-data FILE [options]")
-    p.add_argument("kind", nargs="?", default="auto", metavar="KIND",
+                       usage="edgekd compile [-h] [KIND] SOURCE --out DIR --eval-data FILE [options]")
+    # [KIND] SOURCE [OUT]: sorted out in _compile (an optional positional before a required one
+    # cannot be told apart by argparse); a positional OUT is the deprecated spelling of --out
+    p.add_argument("paths", nargs="+", metavar="[KIND] SOURCE",
                    help="model kind: bilstm_attention (student), hf_sequence_classification (teacher, head-pruned "
-                        "BERT), token_pruned_bert (edgekd prune tokens); default auto: detected from SOURCE")
-    p.add_argument("source", help="model directory")
-    p.add_argument("out", help="bundle directory to write (the .zip goes next to it)")
+                        "BERT), token_pruned_bert (edgekd prune tokens); default auto: detected from SOURCE. "
+                        "SOURCE: the model directory")
+    cliflags.add_flags(p, "--out", out=dict(help="bundle directory to write (the .zip goes next to it)"))
     p.add_argument("--tokenizer", help="tokenizer.json (default: SOURCE/tokenizer.json)")
     p.add_argument("--eval-data", required=True, help="held-out CSV/JSONL (text[,label]) for the parity check")
     p.add_argument("--eval-limit", type=int, default=256)
-    p.add_argument("--max-length", type=int, default=64)
+    cliflags.add_flags(p, "--max-length", max_length=dict(default=64, help="maximum tokens per text (default: 64)"))
     p.add_argument("--targets", default="x86_64,arm64")
     p.add_argument("--precisions", default="fp32,int8")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--name")
     p.add_argument("--no-arm64-check", action="store_true", help="skip running the arm64 variants under emulation")
+    p.add_argument("--int8-scheme", default="static", choices=["static", "dynamic"],
+                   help="static (default): calibrated QDQ, a text's label does not depend on its batch; dynamic: "
+                        "activation scales computed per batch at run time")
+    p.add_argument("--calibration-data", help="CSV/JSONL/text file whose texts calibrate static int8 (training "
+                                              "texts; default: the --eval-data slice)")
     p.add_argument("--no-zip", action="store_true")
     p.add_argument("--overwrite", action="store_true")
+    cliflags.add_old_spellings(p)
     p.set_defaults(func=_compile)
 
 
+def _positionals(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(kind, source, out) from ``[KIND] SOURCE [OUT]`` and ``--out``."""
+    from edgekd.compile.specs import registered_kinds
+
+    paths = list(args.paths)
+    kind = paths.pop(0) if len(paths) > 1 and paths[0] in (*registered_kinds(), "auto") else "auto"
+    if not paths or len(paths) > 2:
+        raise EdgekdValueError("compile: expected [KIND] SOURCE --out DIR")
+    source = paths[0]
+    out = args.out
+    if len(paths) == 2:
+        if out is not None:
+            raise EdgekdValueError(f"compile: give the output once (--out {out}, or the positional {paths[1]})")
+        cliflags.deprecation("edgekd compile [KIND] SOURCE OUT (positional OUT)", "--out OUT")
+        out = paths[1]
+    if out is None:
+        raise EdgekdValueError("compile: give --out DIR (the bundle directory to write)")
+    return kind, source, out
+
+
 def _compile(args: argparse.Namespace) -> int:
+    args.kind, args.source, args.out = _positionals(args)
     from edgekd.compile.pipeline import compile_model
     from edgekd.runtime.bench import load_texts
 
     texts, labels = load_texts(args.eval_data, args.eval_limit)
+    calib = load_texts(args.calibration_data, 512)[0] if args.calibration_data else None
     out = compile_model(args.kind, args.source, args.out, eval_texts=texts, eval_labels=labels,
                         tokenizer=args.tokenizer, max_length=args.max_length,
                         targets=tuple(t for t in args.targets.split(",") if t),
                         precisions=tuple(p for p in args.precisions.split(",") if p), opset=args.opset,
                         name=args.name, arm64_check=not args.no_arm64_check and "auto",
-                        make_zip=not args.no_zip, overwrite=args.overwrite)
+                        make_zip=not args.no_zip, overwrite=args.overwrite, int8_scheme=args.int8_scheme,
+                        calibration_texts=calib)
     print(out)
     return 0

@@ -15,6 +15,7 @@ from edgekd.compile.variants import build_variant_files, copy_tokenizer, plan_va
 
 DEFAULT_TARGETS = ("x86_64", "arm64")
 DEFAULT_PRECISIONS = ("fp32", "int8")
+CALIBRATION_TEXTS = 512  # static int8: activation ranges from at most this many texts
 
 
 class ParityError(EdgekdError):
@@ -97,6 +98,8 @@ def compile_model(
     make_zip: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    int8_scheme: str = "static",
+    calibration_texts: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Compile a model into a bundle directory ``out`` (and ``out.zip``); returns the directory.
 
@@ -109,7 +112,11 @@ def compile_model(
     parity and label agreement are stored). Raises :class:`ParityError` if the fp32 export is off
     by more than the spec's tolerance. ``arm64_check``: also run the arm64 variants under the
     emulator and compare with this machine (``"auto"``: when ``../shared/tools/arm64`` exists) on the
-    first ``arm64_slice`` held-out texts.
+    first ``arm64_slice`` held-out texts. ``int8_scheme``: ``"static"`` (default: calibrated QDQ,
+    a text's label does not depend on its batch) or ``"dynamic"`` (see :mod:`edgekd.compile.variants`).
+    ``calibration_texts``: texts the static scheme calibrates activation ranges on (the first
+    :data:`CALIBRATION_TEXTS`; training texts are best); default: the held-out slice, recorded as
+    such in the manifest.
     """
     from tqdm.auto import tqdm
 
@@ -134,7 +141,9 @@ def compile_model(
         if not overwrite:
             raise EdgekdValueError(f"out: {out} exists; pass overwrite=True to replace it")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
-    plans = plan_variants(tuple(targets), tuple(precisions), spec.quantize_op_types)
+    plans = plan_variants(tuple(targets), tuple(precisions), spec.quantize_op_types, int8_scheme)
+    if calibration_texts is not None:
+        calibration_texts = _validate_eval(calibration_texts, None, len(labels_names))[0][:CALIBRATION_TEXTS]
     steps = tqdm(total=4 + len(plans), desc=f"compile {model_kind}", disable=not progress)
 
     out.mkdir(parents=True)
@@ -153,10 +162,19 @@ def compile_model(
                 raise ParityError(f"fp32 export parity broken on random inputs: max abs logit diff {diff:.3g} "
                                   f"> {spec.fp32_atol:g}")
             steps.update(1)
-            files = build_variant_files(raw, plans, out)
+            pre = spec.preprocessing(max_length)
+            calib_src = "calibration_texts" if calibration_texts is not None else "held-out slice (eval_texts)"
+            calib = None
+            if any(pl.quantization and pl.quantization["scheme"] == "static" for pl in plans):
+                cprep = Preprocessor(str(spec.tokenizer_path), pre, [i.name for i in sess.get_inputs()])
+                ctexts = list(calibration_texts if calibration_texts is not None else texts[:CALIBRATION_TEXTS])
+                calib = [cprep(ctexts[sl]).feeds for sl in _batches(len(ctexts), 32)]
+                for pl in plans:
+                    if pl.quantization is not None:
+                        pl.quantization["calibration"] = {"texts": len(ctexts), "source": calib_src}
+            files = build_variant_files(raw, plans, out, calib)
             steps.update(1)
         copy_tokenizer(spec.tokenizer_path, out / "tokenizer.json")
-        pre = spec.preprocessing(max_length)
 
         # held-out slice: reference logits once, then every distinct file
         sess0 = _session(out / files[plans[0].file_key()][0])

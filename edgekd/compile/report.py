@@ -1,4 +1,5 @@
-"""The main job's last step: compile teacher and students, benchmark every variant, print the table.
+"""Compile a teacher and its students, benchmark every variant and build the comparison table
+(the main job, :mod:`edgekd.pipeline`, calls this as its compile -> compare step).
 
 >>> from edgekd.compile import compile_and_compare
 >>> rep = compile_and_compare("runs/demo-quick/teacher", {"dixtill": "runs/demo-quick/dixtill/best"},

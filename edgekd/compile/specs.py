@@ -285,9 +285,14 @@ class HFSequenceClassificationSpec(ExportSpec):
                                            "not a sequence classifier")
                 self._model = model.eval()
             else:
+                from safetensors import SafetensorError
                 from transformers import AutoModelForSequenceClassification
 
-                self._model = AutoModelForSequenceClassification.from_pretrained(str(self.source)).eval()
+                try:
+                    self._model = AutoModelForSequenceClassification.from_pretrained(str(self.source)).eval()
+                except (OSError, ValueError, SafetensorError) as exc:  # missing, truncated or corrupt weights
+                    raise EdgekdValueError(f"source: cannot load the model in {self.source}: "
+                                           f"{' '.join(str(exc).split())[:300]}") from exc
         return self._model
 
     @property

@@ -61,8 +61,10 @@ def load_student_weights(model_dir: str | pathlib.Path) -> StudentWeights:
             raise EdgekdValueError(f"model_dir: expected a saved student with {p.name}, but {p} does not exist")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EdgekdValueError(f"model_dir: {cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise EdgekdValueError(f"model_dir: {cfg_path} must hold a JSON object")
     if config.get("model_type") != STUDENT_MODEL_TYPE:
         raise EdgekdValueError(
             f"model_dir: config.json model_type must be {STUDENT_MODEL_TYPE!r}, got {config.get('model_type')!r}"
@@ -70,7 +72,14 @@ def load_student_weights(model_dir: str | pathlib.Path) -> StudentWeights:
     missing = [k for k in _REQUIRED_CONFIG if k not in config]
     if missing:
         raise EdgekdValueError(f"model_dir: config.json lacks {missing}")
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in load_file(str(st_path)).items()}
+    from safetensors import SafetensorError
+
+    try:
+        raw = load_file(str(st_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise EdgekdValueError(f"model_dir: {st_path} is not a readable safetensors file (truncated or corrupt?): "
+                               f"{exc}") from exc
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.items()}
     V, E, H = int(config["vocab_size"]), int(config["embed_dim"]), int(config["hidden_size"])
     C, A = int(config["num_classes"]), int(config["attention_dim"])
     expected = {

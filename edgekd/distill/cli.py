@@ -1,158 +1,143 @@
-"""``edgekd distill``, ``edgekd demo`` and ``edgekd explain``: thin layers over the Python API."""
+"""``edgekd distill`` and ``edgekd explain``: thin layers over the Python API.
+
+The flags of ``edgekd distill`` (and ``edgekd demo``, which reuses :func:`add_config_flags`) are
+built from the fields of the config's tables, so no default is written twice: ``--train``,
+``--limit``, ``--sample`` ([data]); ``--teacher``, ``--encoder``, ``--teacher-<field>`` ([teacher]);
+``--ig-<field>`` ([ig]); ``--embeddings``, ``--hidden-size``, ``--max-length`` ... ([student]);
+``--methods``, ``--epochs``, ``--batch-size``, ``--lr`` ... ([train]); ``--eval-<field>`` ([eval]);
+``--out``, ``--seed``, ``--device``, ``--threads``, ``--cache-dir`` ([run]). Any setting can also be
+given as ``table.key=value`` after the flags (or with ``--set``).
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from edgekd import cliflags
 from edgekd.errors import EdgekdValueError
 
+# (table, dataclass "module:Name", flag prefix, {field: flag})
+_TABLES = [
+    ("data", "edgekd.data.config:DataConfig", "", {}),
+    ("teacher", "edgekd.teacher.config:TeacherConfig", "teacher-", {"model": "--teacher", "encoder": "--encoder"}),
+    ("ig", "edgekd.teacher.config:AnnotateConfig", "ig-", {}),
+    ("student", "edgekd.students.config:StudentConfig", "", {}),
+    ("train", "edgekd.distill.config:TrainSettings", "", {"seed": "--student-seed"}),
+    ("eval", "edgekd.distill.config:EvalConfig", "eval-", {}),
+    ("run", "edgekd.distill.config:RunConfig", "", {}),
+]
+# old flag -> new flag (hidden, one deprecation line)
+_OLD_FLAGS = {
+    "--valid-limit": "--valid-sample",
+    "--teacher-limit": "--teacher-sample",
+    "--attribute-limit": "--ig-sample",
+    "--eval-attribute-limit": "--ig-valid-sample",
+}
 
-def _parse_value(text: str) -> Any:
-    import tomllib
 
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
+def _cls(spec: str):
+    import importlib
+
+    mod, name = spec.split(":")
+    return getattr(importlib.import_module(mod), name)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags that were given, as DistillConfig fields."""
-    mapping = {
-        "train": "train_path", "valid": "valid_path", "teacher": "teacher", "encoder": "encoder",
-        "limit": "train_limit", "valid_limit": "valid_limit", "teacher_limit": "teacher_train_limit",
-        "epochs": "epochs", "teacher_epochs": "teacher_epochs", "out": "out_dir", "cache_dir": "cache_dir",
-        "ig_steps": "ig_steps", "attribute_limit": "attribute_limit", "eval_attribute_limit": "eval_attribute_limit",
-        "embeddings": "embeddings", "threads": "threads", "alpha": "alpha", "tau": "tau", "variant": "variant",
-        "seed": "seed", "text_column": "text_column", "label_column": "label_column",
-    }
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Every table's flags, the old spellings, ``--no-progress``/``--no-resume``, ``--set`` and the
+    trailing ``table.key=value`` overrides."""
+    maps = {}
+    for table, spec, prefix, rename in _TABLES:
+        maps[table] = cliflags.add_dataclass_flags(p, _cls(spec), prefix=prefix, rename=rename,
+                                                   group=f"[{table}] settings")
+    p.set_defaults(_config_flags=maps)
+    have = p._option_string_actions  # noqa: SLF001
+    for old, new in _OLD_FLAGS.items():
+        cliflags.add_alias(p, old, new, dest=have[new].dest, type=have[new].type)
+    cliflags.add_old_spellings(p)
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-resume", dest="no_resume", action="store_true",
+                   help="ignore the cached teacher, annotations and checkpoints")
+    p.add_argument("--print-config", dest="print_config", action="store_true",
+                   help="print the resolved settings as TOML (a config file for --config) and exit")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any setting as table.key=VALUE (a TOML value), repeatable: --set train.alpha=0.7")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="settings as table.key=VALUE after the flags, e.g. train.epochs=3 ig.steps=16")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, as {dotted key: value} (flags, then --set, then
+    the trailing KEY=VALUE items)."""
+    from edgekd.settings import parse_overrides
+
     out: dict[str, Any] = {}
-    for flag, fieldname in mapping.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            out[fieldname] = v
-    if getattr(args, "methods", None):
-        out["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for table, mapping in getattr(args, "_config_flags", {}).items():
+        for name, v in cliflags.dataclass_values(args, mapping).items():
+            out[f"{table}.{name}"] = v
     if getattr(args, "no_progress", False):
-        out["progress"] = False
+        out["run.progress"] = False
     if getattr(args, "no_resume", False):
-        out["resume"] = False
-    for item in getattr(args, "set", None) or []:
-        if "=" not in item:
-            raise EdgekdValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
+        out["run.resume"] = False
+    out.update(parse_overrides((getattr(args, "set", None) or []) + (getattr(args, "overrides", None) or [])))
     return out
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="output directory")
-    p.add_argument("--cache-dir", dest="cache_dir", help="annotation cache root (default .cache/edgekd)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--methods", help="comma-separated subset of none,kl,mse,dixtill")
-    p.add_argument("--epochs", type=int, help="student epochs (maximum; early stopping on validation macro-F1)")
-    p.add_argument("--limit", type=int, help="use this many (stratified) training texts")
-    p.add_argument("--valid-limit", dest="valid_limit", type=int, help="use this many (stratified) validation texts")
-    p.add_argument("--teacher-limit", dest="teacher_limit", type=int, help="fine-tune the teacher on this many texts")
-    p.add_argument("--teacher-epochs", dest="teacher_epochs", type=float)
-    p.add_argument("--ig-steps", dest="ig_steps", type=int, help="Integrated-Gradients steps")
-    p.add_argument("--attribute-limit", dest="attribute_limit", type=int, help="IG on this many training texts")
-    p.add_argument("--eval-attribute-limit", dest="eval_attribute_limit", type=int,
-                   help="validation texts used for explanation agreement")
-    p.add_argument("--embeddings", choices=["glove", "random"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-resume", dest="no_resume", action="store_true", help="ignore cached checkpoints")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any DistillConfig setting (TOML value), repeatable: --set alpha=0.7 --set variant='code'")
+def config_from_args(args: argparse.Namespace):
+    """The :class:`DistillConfig` of ``edgekd distill``: ``--config`` (or the defaults), then the flags."""
+    from edgekd.distill.config import DistillConfig
+
+    cfg = DistillConfig.from_toml(args.config) if getattr(args, "config", None) else DistillConfig()
+    return cfg.override(overrides_from_args(args), "command line")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distil a teacher into BiLSTM students and compare methods",
-                       description="Run the distillation pipeline (data, teacher, annotation, students, table).")
-    p.add_argument("--config", help="a distill.toml (keys = DistillConfig fields; flags override it)")
-    p.add_argument("--train", help="training data file or HF datasets dir (default: TFNS)")
-    p.add_argument("--valid", help="validation data file or HF datasets dir (default: TFNS)")
-    p.add_argument("--text-column", dest="text_column")
-    p.add_argument("--label-column", dest="label_column")
-    p.add_argument("--teacher", help="a fine-tuned sequence-classification model dir")
-    p.add_argument("--encoder", help="a pretrained encoder dir to fine-tune as the teacher (default: MiniLM-L6)")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--tau", type=float)
-    p.add_argument("--variant", choices=["paper", "code"])
-    _add_common(p)
+                       description="Run the distillation pipeline (data, teacher, annotation, students, table). "
+                                   "Settings: --config FILE (TOML tables [data] [teacher] [ig] [student] [train] "
+                                   "[eval] [run]), then the flags, then table.key=value overrides.")
+    p.add_argument("--config", help="a TOML config (tables [data] [teacher] [ig] [student] [train] [eval] [run])")
+    add_config_flags(p)
     p.set_defaults(func=cmd_distill)
-
-    d = sub.add_parser("demo", help="the main job on TFNS: teacher -> annotations -> 4 students -> table",
-                       description="Run the TFNS comparison (none, kl, mse, dixtill) with a built-in profile.")
-    d.add_argument("--profile", choices=["quick", "full"], default="quick")
-    d.add_argument("--no-compile", dest="no_compile", action="store_true",
-                   help="skip compiling teacher and students to ONNX bundles and benchmarking them")
-    _add_common(d)
-    d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("explain", help="explain a student's predictions word by word (text and HTML)",
                        description="Per-word attention of a student bundle (config.json, model.safetensors, tokenizer.json).")
     e.add_argument("--model", required=True, help="student bundle dir (e.g. runs/demo-quick/dixtill/best)")
     e.add_argument("--text", action="append", help="a text to explain (repeatable)")
     e.add_argument("--file", help="a file with one text per line")
-    e.add_argument("--html", help="write an HTML heatmap page here")
+    cliflags.add_flags(e, "--out", out=dict(help="write an HTML heatmap page to this file"))
+    cliflags.add_alias(e, "--html", "--out")
     e.set_defaults(func=cmd_explain)
 
 
-def _compile_step(dist) -> None:
-    """The main job's last step: teacher and every student -> ONNX bundles (x86-64, arm64;
-    fp32, int8) -> benchmarks -> comparison table (see edgekd.compile.compile_and_compare)."""
-    from edgekd.compile import compile_and_compare
+def print_report(rep: dict, cfg, title: str) -> None:
+    """The distillation table with its notes, as ``edgekd distill`` and ``edgekd demo`` print it."""
+    from edgekd.distill.report import format_table
 
-    cfg = dist.config
-    students = {m: r.bundle_dir for m, r in dist.results.items()}
-    rep = compile_and_compare(dist.teacher_result().bundle_dir, students, Path(cfg.out_dir) / "bundles",
-                              eval_texts=list(dist.valid.texts), eval_labels=[int(y) for y in dist.valid.labels],
-                              teacher_max_length=cfg.teacher_max_length, student_max_length=cfg.max_length,
-                              progress=cfg.progress)
-    print()
-    print("== compiled bundles: onnxruntime on this machine (x86-64) and emulated arm64 ==")
-    print(rep["markdown"])
-    print(f"bundles: {Path(cfg.out_dir) / 'bundles'} (compare.md, compare.json)")
-
-
-def _run(cfg, title: str, compile_bundles: bool = False) -> int:
-    from edgekd.distill.api import Distiller, format_table
-
-    t0 = time.perf_counter()
-    dist = Distiller(cfg)
-    rep = dist.run()
     print()
     print(f"== {title} ==")
     for n in rep["notes"]:
         print(f"note: {n}")
     print(format_table(rep))
     print(f"timings (s): {json.dumps(rep['timings_seconds'])}")
-    print(f"results: {Path(cfg.out_dir) / 'results.md'} (and .json, .csv); student bundles in {cfg.out_dir}/<method>/best")
-    if compile_bundles:
-        _compile_step(dist)
-    print(f"wall time: {time.perf_counter() - t0:.0f} s")
-    return 0
+    print(f"results: {Path(cfg.run.out) / 'results.md'} (and .json, .csv); student bundles in {cfg.run.out}/<method>/best")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from edgekd.distill.api import DistillConfig
+    from edgekd.distill.api import Distiller
 
-    ov = _overrides(args)
-    cfg = DistillConfig.from_toml(args.config, **ov) if args.config else DistillConfig(**{}).replace(**ov)
-    return _run(cfg, "distillation results")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from edgekd.distill.api import profile_config
-
-    cfg = profile_config(args.profile, **_overrides(args))
-    return _run(cfg, f"TFNS demo ({args.profile} profile)", compile_bundles=not args.no_compile)
+    cliflags.note_limit(args, "distill")
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
+    t0 = time.perf_counter()
+    rep = Distiller(cfg).run()
+    print_report(rep, cfg, "distillation results")
+    print(f"wall time: {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -174,13 +159,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for ex in exps:
         print(ex.to_text())
         print()
-    if args.html:
-        out = save_html(exps, args.html, title=f"edgekd explanations: {args.model}")
+    if args.out:
+        out = save_html(exps, args.out, title=f"edgekd explanations: {args.model}")
         print(f"HTML heatmap: {out}")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from edgekd.cli import main
-
-    sys.exit(main())

@@ -18,10 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgekd.distill.config import METHODS, VARIANTS  # defined once there, with the other settings
 from edgekd.errors import EdgekdValueError
-
-METHODS = ("none", "kl", "mse", "dixtill")
-VARIANTS = ("paper", "code")
 
 
 def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -25,55 +25,10 @@ import numpy as np
 import torch
 
 from edgekd.distill.checkpoint import load_optimizer, rng_state, save_optimizer, set_rng_state
-from edgekd.distill.losses import METHODS, VARIANTS, distillation_loss
+from edgekd.distill.config import TrainConfig  # defined once there, with the other settings (re-exported)
+from edgekd.distill.losses import distillation_loss
 from edgekd.distill.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
-
-_OPTIMIZERS = ("adam", "adamw", "sgd")
-_SCHEDULES = ("constant", "linear", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Settings of :func:`train_student`."""
-
-    method: str = "dixtill"
-    variant: str = "paper"
-    alpha: float = 0.5
-    tau: float = 1.0
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "constant"
-    warmup_ratio: float = 0.0
-    grad_clip: float | None = 5.0
-    patience: int = 3
-    seed: int = 0
-    eval_batch_size: int = 256
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise EdgekdValueError(f"TrainConfig.method must be one of {METHODS}, got {self.method!r}")
-        if self.variant not in VARIANTS:
-            raise EdgekdValueError(f"TrainConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise EdgekdValueError(f"TrainConfig.optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in _SCHEDULES:
-            raise EdgekdValueError(f"TrainConfig.schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise EdgekdValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise EdgekdValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.alpha <= 1:
-            raise EdgekdValueError(f"TrainConfig.alpha must be in [0, 1], got {self.alpha}")
-        if self.tau <= 0:
-            raise EdgekdValueError(f"TrainConfig.tau must be > 0, got {self.tau}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise EdgekdValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass

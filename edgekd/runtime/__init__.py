@@ -2,15 +2,16 @@
 tokenizers only).
 
 >>> from edgekd.runtime import Bundle
->>> bundle = Bundle.load("student.zip")            # verifies every checksum, picks the variant for this CPU
+>>> bundle = Bundle.load("student.zip")            # verifies manifest + every checksum, picks the variant for this CPU
 >>> pred = bundle.predict(["$AAPL beats estimates"])
 >>> pred.labels, pred.probabilities, pred.explanations
 
 Nothing here imports torch or transformers (a test checks ``sys.modules`` in a subprocess).
 """
+from edgekd.runtime.archive import BundleLimits
 from edgekd.runtime.bundle import SCHEMA_VERSION
 from edgekd.runtime.cpu import KNOWN_TARGETS, cpu_features, host_target
 from edgekd.runtime.model import Bundle, Predictions, load, select_variant
 
 __all__ = ["Bundle", "Predictions", "load", "select_variant", "host_target", "cpu_features",
-           "KNOWN_TARGETS", "SCHEMA_VERSION"]
+           "KNOWN_TARGETS", "SCHEMA_VERSION", "BundleLimits"]

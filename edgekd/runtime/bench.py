@@ -10,7 +10,6 @@ baseline (DiXtill's table: size, compression, latency, speed-up, accuracy, macro
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -27,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgekdValueError
-from edgekd.runtime.bundle import MANIFEST, read_and_verify, safe_extract_zip, write_manifest, write_zip
+from edgekd.runtime.bundle import read_and_verify, safe_extract_zip, write_manifest, write_zip
+from edgekd.runtime.datafile import read_texts
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product, host_target, normalize_target
 from edgekd.runtime.model import Bundle
 from edgekd.runtime.preprocess import macro_f1
@@ -36,42 +36,12 @@ DEFAULT_BATCHES = (1, 8, 32)
 
 
 # ------------------------------------------------------------------------------------------ data
-def load_texts(path: str | os.PathLike, limit: int | None = None) -> tuple[list[str], list[int] | None]:
+def load_texts(path: str | os.PathLike, limit: int | None = None, **kwargs: Any) -> tuple[list[str], list[int] | None]:
     """Texts (and integer labels when present) from a CSV with ``text``[,``label``] columns, a JSONL
-    file with ``text``[/``label``] fields, or a plain text file (one text a line)."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise EdgekdValueError(f"data: {path} does not exist")
-    texts: list[str] = []
-    labels: list[int] = []
-    if p.suffix == ".csv":
-        with open(p, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "text" not in reader.fieldnames:
-                raise EdgekdValueError(f"data: {path} needs a 'text' column, has {reader.fieldnames}")
-            for row in reader:
-                texts.append(row["text"])
-                if "label" in row and row["label"] not in (None, ""):
-                    labels.append(int(row["label"]))
-                if limit and len(texts) >= limit:
-                    break
-    elif p.suffix == ".jsonl":
-        with open(p, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                obj = json.loads(line)
-                texts.append(str(obj["text"]))
-                if "label" in obj:
-                    labels.append(int(obj["label"]))
-                if limit and len(texts) >= limit:
-                    break
-    else:
-        texts = [ln.rstrip("\n") for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        texts = texts[:limit] if limit else texts
-    if not texts:
-        raise EdgekdValueError(f"data: {path} holds no texts")
-    return texts, (labels if len(labels) == len(texts) else None)
+    file with ``text``[/``label``] fields, or a plain text file (one text a line); every problem is
+    an :class:`EdgekdValueError` naming the line (:func:`edgekd.runtime.datafile.read_texts`, which
+    takes the keyword arguments)."""
+    return read_texts(path, limit, **kwargs)
 
 
 def synthetic_texts(bundle: Bundle, n: int = 64, words: int = 20, seed: int = 0) -> list[str]:
@@ -167,6 +137,11 @@ def bench(bundle_path: str | os.PathLike, *, target: str = "auto", precision: st
         y = np.asarray(list(accuracy_labels if accuracy_labels is not None else labels))
         if len(y) != len(acc_texts):
             raise EdgekdValueError(f"labels: {len(y)} labels for {len(acc_texts)} texts")
+        C = len(bundle.label_names)
+        bad = np.flatnonzero((y < 0) | (y >= C)) if np.issubdtype(y.dtype, np.integer) else np.arange(len(y))
+        if bad.size:
+            raise EdgekdValueError(f"labels: label {y[bad[0]]} of text {bad[0]} is not an integer in [0, {C}) "
+                                   f"(the bundle's labels are {bundle.label_names})")
         preds = np.concatenate([bundle.predict(acc_texts[s:s + 32], explain=False).label_ids
                                 for s in range(0, len(acc_texts), 32)])
         result["accuracy"] = float((preds == y).mean())
@@ -339,14 +314,18 @@ def bench_subprocess(bundle: str | os.PathLike, timeout: float = 900, **kwargs: 
         out = pathlib.Path(tmp) / "r.json"
         spec_file = pathlib.Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps({"bundle": str(bundle), "out": str(out), "kwargs": kwargs}), encoding="utf-8")
-        code = ("import json,sys; from edgekd.runtime.bench import bench; "
-                "s=json.loads(open(sys.argv[1],encoding='utf-8').read()); "
-                "r=bench(s['bundle'], **s['kwargs']); open(s['out'],'w').write(json.dumps(r))")
+        code = ("import json,sys; from edgekd.runtime.bench import bench; from edgekd.errors import EdgekdError\n"
+                "s=json.loads(open(sys.argv[1],encoding='utf-8').read())\n"
+                "try: r=bench(s['bundle'], **s['kwargs'])\n"
+                "except EdgekdError as e: sys.stderr.write(str(e)); sys.exit(2)\n"
+                "open(s['out'],'w').write(json.dumps(r))")
         env = dict(os.environ)
         repo = str(pathlib.Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         r = subprocess.run([sys.executable, "-c", code, str(spec_file)], capture_output=True, text=True,
                            timeout=timeout, env=env)
+        if r.returncode == 2:  # a user error, already one line
+            raise EdgekdValueError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"bench of {bundle} failed")
         if r.returncode != 0:
-            raise EdgekdValueError(f"bench of {bundle} failed: {r.stderr[-2000:]}")
+            raise RuntimeError(f"bench of {bundle} failed: {r.stderr[-2000:]}")
         return json.loads(out.read_text())

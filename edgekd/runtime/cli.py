@@ -1,4 +1,8 @@
-"""``edgekd predict``, ``edgekd bench`` and ``edgekd compare`` (torch-free)."""
+"""``edgekd predict``, ``bench``, ``compare``, ``sign`` and ``verify`` (torch-free).
+
+User errors (a bad bundle, data file, key or flag) are :class:`~edgekd.errors.EdgekdError`
+subclasses; ``edgekd.cli.main`` prints them as one line and exits with code 2.
+"""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +27,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("texts", nargs="+")
     p.add_argument("--target", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"])
+    p.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="PUB",
+                   help="refuse the bundle unless it is signed by this ed25519 public key (repeatable)")
     p.set_defaults(func=_predict)
+
+    s = sub.add_parser("sign", help="sign a bundle's manifest with an ed25519 key (needs edgekd[sign])",
+                       usage="edgekd sign BUNDLE --key KEY | edgekd sign --generate-key KEY")
+    s.add_argument("bundle", nargs="?", help="bundle directory or .zip (verified first)")
+    s.add_argument("--key", help="private key (PEM) to sign with")
+    s.add_argument("--generate-key", metavar="KEY", help="write a new private key KEY (0600) and KEY.pub, then stop")
+    s.set_defaults(func=_sign)
+
+    v = sub.add_parser("verify", help="check every file, the manifest's digest and (with --trusted-key) its signature")
+    v.add_argument("bundle", help="bundle directory or .zip")
+    v.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="PUB",
+                   help="ed25519 public key the bundle must be signed with (repeatable)")
+    v.set_defaults(func=_verify)
 
     b = sub.add_parser("bench", help="benchmark a bundle on this machine (latency, throughput, RSS, size)")
     b.add_argument("bundle", help="bundle directory or .zip")
@@ -32,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: ORT's)")
     b.add_argument("--batches", type=_ints, default=[1, 8, 32])
     b.add_argument("--data", help="CSV (text[,label]) / JSONL / text file; default: synthetic texts from the vocabulary")
-    b.add_argument("--limit", type=int, default=512, help="use at most this many texts of --data")
+    _data_flags(b)
     b.add_argument("--min-time", type=float, default=1.0, help="seconds per batch size (at least 10 iterations)")
     b.add_argument("--count-instructions", action="store_true", help="also count x86 instructions (valgrind/perf)")
     b.add_argument("--json", dest="json_out", help="write the result as JSON here")
@@ -45,19 +64,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--baseline", help="the entry the others are relative to (default: the first)")
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--data")
-    c.add_argument("--limit", type=int, default=512)
+    _data_flags(c)
     c.add_argument("--min-time", type=float, default=1.0)
     c.add_argument("--json", dest="json_out")
     c.add_argument("--markdown", dest="md_out")
     c.set_defaults(func=_compare)
 
 
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    from edgekd import cliflags
+
+    cliflags.add_flags(p, "--limit", "--text-column", "--label-column",
+                       limit=dict(default=512, help="use the FIRST N rows of --data (default: 512)"),
+                       text_column=dict(default="text", help="text column/field of --data (default: text)"),
+                       label_column=dict(default="label", help="label column/field of --data (default: label)"))
+
+
 def _predict(args: argparse.Namespace) -> int:
     from edgekd.runtime.model import Bundle
+    from edgekd.runtime.preprocess import validate_texts
 
-    bundle = Bundle.load(args.bundle, target=args.target, precision=args.precision)
-    pred = bundle.predict(args.texts)
-    for k, text in enumerate(args.texts):
+    bundle = Bundle.load(args.bundle, target=args.target, precision=args.precision, trusted_keys=args.trusted_keys)
+    texts = validate_texts(args.texts)  # undecodable argv bytes (surrogateescape) become U+FFFD
+    pred = bundle.predict(texts)
+    for k, text in enumerate(texts):
         row: dict[str, Any] = {"text": text, "label": pred.labels[k],
                                "probabilities": dict(zip(bundle.label_names, map(float, pred.probabilities[k]))),
                                "empty": bool(pred.empty[k])}
@@ -67,12 +97,45 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace):
+def _sign(args: argparse.Namespace) -> int:
+    from edgekd.runtime.signing import generate_key, sign_bundle
+
+    if args.generate_key:
+        if args.bundle or args.key:
+            raise EdgekdValueError("sign: --generate-key KEY takes no bundle and no --key")
+        priv, pub = generate_key(args.generate_key)
+        print(f"wrote private key {priv} (keep it secret) and public key {pub}")
+        return 0
+    if not args.bundle or not args.key:
+        raise EdgekdValueError("sign: expected BUNDLE --key KEY (or --generate-key KEY)")
+    kid = sign_bundle(args.bundle, args.key)
+    print(f"signed {args.bundle} (key id {kid})")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from edgekd.runtime.signing import verify_bundle
+
+    r = verify_bundle(args.bundle, trusted_keys=args.trusted_keys)
+    sig = "signature verified" if r["signature_checked"] else ("signed, signature not checked (no --trusted-key)"
+                                                               if r["signed"] else "not signed")
+    print(f"ok: {r['bundle']}: {r['files']} files, variants {', '.join(r['variants'])}, manifest sha256 "
+          f"{r['digest'][:16]}..., {sig}")
+    return 0
+
+
+def _data(args: argparse.Namespace, bundles: list[str]):
+    """--data read and checked by name; labels may be integers or the bundles' label names, and
+    must lie in range for every bundle."""
     if not args.data:
         return None, None
     from edgekd.runtime.bench import load_texts
+    from edgekd.runtime.bundle import peek_manifest
 
-    return load_texts(args.data, args.limit)
+    names = [peek_manifest(b)["label_names"] for b in bundles]
+    return load_texts(args.data, args.limit, text_column=args.text_column, label_column=args.label_column,
+                      label_names=names[0] if names and all(n == names[0] for n in names) else None,
+                      num_labels=min((len(n) for n in names), default=None))
 
 
 def _write(args: argparse.Namespace, obj: Any, md: str) -> None:
@@ -86,7 +149,7 @@ def _write(args: argparse.Namespace, obj: Any, md: str) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from edgekd.runtime.bench import bench, bench_markdown, record_profile
 
-    texts, labels = _data(args)
+    texts, labels = _data(args, [args.bundle])
     r = bench(args.bundle, target=args.target, precision=args.precision, batches=args.batches, threads=args.threads,
               texts=texts, labels=labels, min_time=args.min_time, count_instructions=args.count_instructions)
     _write(args, r, bench_markdown(r))
@@ -104,10 +167,22 @@ def _split_entry(entry: str) -> tuple[str, str, str]:
     return path, prec, tgt
 
 
+def _bench_json(entry: str) -> dict[str, Any]:
+    from edgekd.runtime.datafile import read_text_file
+
+    try:
+        r = json.loads(read_text_file(entry))
+    except json.JSONDecodeError as exc:
+        raise EdgekdValueError(f"compare: {entry}: not valid JSON ({exc})") from None
+    if not isinstance(r, dict) or not {"variant", "size_bytes", "target"} <= set(r):
+        raise EdgekdValueError(f"compare: {entry}: not an edgekd bench result (needs variant, target, size_bytes)")
+    return r
+
+
 def _compare(args: argparse.Namespace) -> int:
     from edgekd.runtime.bench import bench_subprocess, compare_markdown
 
-    texts, labels = _data(args)
+    texts, labels = _data(args, [_split_entry(e)[0] for e in args.entries if not e.endswith(".json")])
     baseline = 0
     if args.baseline is not None:
         if args.baseline not in args.entries:
@@ -116,7 +191,7 @@ def _compare(args: argparse.Namespace) -> int:
     results = []
     for entry in args.entries:
         if entry.endswith(".json"):
-            results.append(json.loads(pathlib.Path(entry).read_text(encoding="utf-8")))
+            results.append(_bench_json(entry))
             continue
         path, prec, tgt = _split_entry(entry)
         results.append(bench_subprocess(path, target=tgt, precision=prec, threads=args.threads, texts=texts,

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import tempfile
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from edgekd.errors import BundleError, EdgekdValueError
-from edgekd.runtime.bundle import read_and_verify, safe_extract_zip
+from edgekd.runtime.archive import BundleLimits
+from edgekd.runtime.bundle import open_bundle
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product, host_target, normalize_target
 from edgekd.runtime.preprocess import Preprocessor, softmax, word_explanations
 
@@ -78,59 +76,59 @@ class Bundle:
     sessions and tokenizers may be shared by threads; nothing here mutates after loading."""
 
     def __init__(self, root: pathlib.Path, manifest: dict[str, Any], variant: dict[str, Any],
-                 threads: int | None, source: pathlib.Path, tmpdir: str | None):
+                 threads: int | None, source: pathlib.Path, tmpdir: Any = None):
         import onnxruntime as ort
 
         self.root, self.manifest, self.variant, self.source = root, manifest, variant, source
-        self._tmpdir = tmpdir
-        if tmpdir is not None:
-            self._finalizer = weakref.finalize(self, shutil.rmtree, tmpdir, True)
+        self._tmpdir = tmpdir  # an archive.TempDir (removed by its creating process only) or None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
-            if not isinstance(threads, int) or threads < 1:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise EdgekdValueError(f"threads: expected a positive int or None, got {threads!r}")
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.threads = threads
-        self.session = ort.InferenceSession(str(root / variant["file"]), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(root / variant["file"]), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for a model it cannot load
+            raise BundleError(f"bundle: onnxruntime cannot load {variant['file']}: {str(exc)[:500]}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "logits" not in self.output_names:
             raise BundleError(f"bundle: model {variant['file']} has no 'logits' output ({self.output_names})")
+        self.label_names: list[str] = list(manifest["label_names"])
+        shape = self.session.get_outputs()[self.output_names.index("logits")].shape
+        self._num_classes = shape[-1] if shape and isinstance(shape[-1], int) else None
+        if self._num_classes is not None and self._num_classes != len(self.label_names):
+            raise BundleError(f"manifest: label_names has {len(self.label_names)} names but the model "
+                              f"{variant['file']} outputs {self._num_classes} classes")
         pre = manifest["preprocessing"]
         self.preprocessor = Preprocessor(str(root / pre["tokenizer"]), pre, self.input_names)
         self._min_length = self.preprocessor.min_length
-        self.label_names: list[str] = list(manifest["label_names"])
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike, target: str = "auto", precision: str = "auto",
-             threads: int | None = None) -> "Bundle":
+             threads: int | None = None, *, trusted_keys: Iterable[Any] | None = None,
+             limits: BundleLimits | None = None, verify: str = "all") -> "Bundle":
         """Verify and load a bundle directory or ``.zip``; see :func:`select_variant` for
-        ``target``/``precision``. Raises :class:`edgekd.errors.BundleError` on any integrity problem."""
+        ``target``/``precision``. ``trusted_keys``: ed25519 public keys (PEM paths, raw bytes or
+        key objects); when given, an unsigned bundle or one signed by another key is refused.
+        ``limits``: :class:`edgekd.runtime.archive.BundleLimits` for zips. ``verify``: ``"all"``
+        (every listed file is hash-checked, by streaming) or ``"selected"`` (only the files of the
+        chosen variant). A zip is checked before anything is written and only the chosen
+        variant is extracted. Raises :class:`edgekd.errors.BundleError` on any integrity problem."""
         path = pathlib.Path(path)
-        tmpdir = None
-        if path.is_dir():
-            root = path
-        elif path.is_file():
-            tmpdir = tempfile.mkdtemp(prefix="edgekd-bundle-")
-            try:
-                safe_extract_zip(path, tmpdir)
-            except BaseException:
-                shutil.rmtree(tmpdir, ignore_errors=True)
-                raise
-            root = pathlib.Path(tmpdir)
-        else:
-            raise BundleError(f"bundle: {path} does not exist")
+        root, manifest, variant, tmp = open_bundle(
+            path, lambda m: select_variant(m, target, precision), trusted_keys=trusted_keys, limits=limits,
+            verify=verify)
         try:
-            manifest = read_and_verify(root)
-            variant = select_variant(manifest, target, precision)
-            return cls(root, manifest, variant, threads, path, tmpdir)
+            return cls(root, manifest, variant, threads, path, tmp)
         except BaseException:
-            if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+            if tmp is not None:
+                tmp.cleanup()
             raise
 
     # ------------------------------------------------------------------------------ inference
@@ -149,18 +147,22 @@ class Bundle:
         return dict(zip(self.output_names, outs))
 
     def predict(self, texts: str | Sequence[str], explain: bool = True) -> Predictions:
-        """Classify ``texts`` (one string or a list). Long texts are truncated to the manifest's
-        ``max_length`` tokens; empty texts are flagged in ``Predictions.empty``."""
+        """Classify ``texts``: one string (one text) or any other iterable of strings, read once
+        (the rules, surrogates included: :func:`edgekd.runtime.preprocess.validate_texts`). Long
+        texts are truncated to the manifest's ``max_length`` tokens; empty texts are flagged in
+        ``Predictions.empty``."""
         batch = self.preprocessor(texts)
         out = self.run(batch.feeds)
         logits = np.asarray(out["logits"], dtype=np.float32)
+        if logits.ndim != 2 or logits.shape[0] != len(batch.texts) or logits.shape[1] != len(self.label_names):
+            raise BundleError(f"bundle: the model returned logits of shape {logits.shape} for {len(batch.texts)} "
+                              f"texts and {len(self.label_names)} label_names")
         probs = softmax(logits.astype(np.float64)).astype(np.float32)
         ids = probs.argmax(axis=-1)
         explanations = None
         if explain and "attention" in out:
-            texts_l = [texts] if isinstance(texts, str) else list(texts)
             att = out["attention"]
-            explanations = [word_explanations(t, enc, att[k]) for k, (t, enc) in enumerate(zip(texts_l, batch.encodings))]
+            explanations = [word_explanations(t, enc, att[k]) for k, (t, enc) in enumerate(zip(batch.texts, batch.encodings))]
         return Predictions(labels=[self.label_names[i] for i in ids], label_ids=ids, probabilities=probs,
                            explanations=explanations, empty=batch.empty, logits=logits)
 
@@ -174,9 +176,10 @@ class Bundle:
         return f"Bundle({str(self.source)!r}, variant={self.variant['id']!r}, labels={self.label_names})"
 
 
-def load(path: str | os.PathLike, target: str = "auto", precision: str = "auto", threads: int | None = None) -> Bundle:
-    """Shorthand for :meth:`Bundle.load`."""
-    return Bundle.load(path, target=target, precision=precision, threads=threads)
+def load(path: str | os.PathLike, target: str = "auto", precision: str = "auto", threads: int | None = None,
+         **kwargs: Any) -> Bundle:
+    """Shorthand for :meth:`Bundle.load` (same keyword arguments)."""
+    return Bundle.load(path, target=target, precision=precision, threads=threads, **kwargs)
 
 
 __all__ = ["Bundle", "Predictions", "load", "select_variant", "has_int8_dot_product"]

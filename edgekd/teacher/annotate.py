@@ -27,45 +27,10 @@ from edgekd.chunks import chunk_path, load_chunk, save_chunk_atomic
 from edgekd.data.datasets import TextDataset
 from edgekd.data.tokenizer import WordTokenizer
 from edgekd.errors import EdgekdValueError
+from edgekd.teacher.config import IGConfig  # defined once there, with the other teacher settings
 from edgekd.teacher.model import Teacher
 
-_BASELINES = ("pad", "mask", "zeros")
-_TARGETS = ("pred", "label")
 _FORMAT_VERSION = 1
-
-
-@dataclass
-class IGConfig:
-    """Integrated-Gradients settings.
-
-    Attributes:
-        steps: interpolation steps (captum ``n_steps``); DiXtill uses 50.
-        baseline: ``pad`` (sub-words replaced by the pad token, [CLS]/[SEP] kept), ``mask``
-            (the [MASK] token) or ``zeros`` (all-zero word embeddings).
-        method: captum's integral approximation (``gausslegendre``, ``riemann_trapezoid``, ...).
-        internal_batch_size: rows per forward/backward inside captum (None: all steps at once).
-        batch_size: texts per captum call.
-        target: explain the teacher's predicted class (``pred``) or the gold label (``label``).
-    """
-
-    steps: int = 20
-    baseline: str = "pad"
-    method: str = "gausslegendre"
-    internal_batch_size: int | None = None
-    batch_size: int = 8
-    target: str = "pred"
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise EdgekdValueError(f"IGConfig.steps must be >= 1, got {self.steps}")
-        if self.baseline not in _BASELINES:
-            raise EdgekdValueError(f"IGConfig.baseline must be one of {_BASELINES}, got {self.baseline!r}")
-        if self.target not in _TARGETS:
-            raise EdgekdValueError(f"IGConfig.target must be one of {_TARGETS}, got {self.target!r}")
-        if self.batch_size < 1:
-            raise EdgekdValueError(f"IGConfig.batch_size must be >= 1, got {self.batch_size}")
-        if self.internal_batch_size is not None and self.internal_batch_size < 1:
-            raise EdgekdValueError(f"IGConfig.internal_batch_size must be >= 1, got {self.internal_batch_size}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +17,7 @@ import torch
 
 from edgekd.data.datasets import TextDataset
 from edgekd.errors import EdgekdValueError
+from edgekd.teacher.config import FinetuneConfig  # defined once there, with the other teacher settings
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _FINETUNE_RECORD = "edgekd_teacher.json"
@@ -152,34 +153,6 @@ class Teacher:
 
 # --------------------------------------------------------------------------------------------
 # fine-tuning
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of :func:`finetune_teacher`."""
-
-    epochs: float = 1.0
-    lr: float = 5e-5
-    batch_size: int = 16
-    max_length: int = 64
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    seed: int = 0
-    freeze_embeddings: bool = False
-    eval_batch_size: int = 64
-    head_lr_multiplier: float = 1.0  # the new classification head (and pooler) learn at lr * this
-
-    def validate(self) -> None:
-        if self.epochs <= 0:
-            raise EdgekdValueError(f"FinetuneConfig.epochs must be > 0, got {self.epochs}")
-        if self.lr <= 0:
-            raise EdgekdValueError(f"FinetuneConfig.lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise EdgekdValueError(f"FinetuneConfig.batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise EdgekdValueError(f"FinetuneConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.head_lr_multiplier <= 0:
-            raise EdgekdValueError(f"FinetuneConfig.head_lr_multiplier must be > 0, got {self.head_lr_multiplier}")
 
 
 def finetune_teacher(

@@ -20,12 +20,3 @@ def test_compile_and_compare(teacher_bundle, student_bundle, tmp_path):
     assert "| teacher | x86_64-fp32 |" in md and "| student | x86_64-int8" in md and "1.0x" in md
     assert json.loads((tmp_path / "compare.json").read_text())["x86_64"][0]["variant"] == "x86_64-fp32"
 
-
-def test_demo_has_compile_step():
-    from edgekd.cli import build_parser
-    from edgekd.distill import cli as dcli
-
-    p = build_parser()
-    assert p.parse_args(["demo"]).no_compile is False
-    assert p.parse_args(["demo", "--no-compile"]).no_compile is True
-    assert callable(dcli._compile_step)

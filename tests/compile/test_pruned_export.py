@@ -98,7 +98,8 @@ def test_pruned_bundle_manifest_and_parity(pruned_bundle):
             assert p["max_abs_logit_diff"] <= 1e-4 and p["label_agreement"] == 1.0
         else:
             assert np.isfinite(p["max_abs_logit_diff"])
-            assert any("DynamicQuantizeMatMul" in op or "MatMulInteger" in op for op in v["operators"])
+            assert v["quantization"]["scheme"] == "static"  # calibrated QDQ, fused into QLinearMatMul / QGemm
+            assert any(op in ("QLinearMatMul", "com.microsoft::QGemm") for op in v["operators"])
 
 
 def test_pruned_bundle_runtime_matches_torch(pruned_bundle, token_pruned_dir):

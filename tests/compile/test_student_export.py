@@ -89,7 +89,10 @@ def test_bundle_records_parity_and_int8_within_bounds(student_bundle):
             assert abs(p["accuracy_delta"]) <= 0.1 and abs(p["macro_f1_delta"]) <= 0.1
             assert v["quantization"]["weight_type"] == "QInt8"
             assert v["quantization"]["reduce_range"] == (v["id"] == "x86_64-int8")
-            assert any("DynamicQuantizeLSTM" in op for op in v["operators"])
+            # static QDQ (the default): int8 embedding Gather and MatMuls; no static LSTM kernel in ORT
+            assert v["quantization"]["scheme"] == "static" and v["quantization"]["batch_invariant"]
+            assert "QLinearMatMul" in v["operators"] and "LSTM" in v["operators"]
+            assert v["quantization"]["calibration"] == {"texts": 12, "source": "held-out slice (eval_texts)"}
         assert v["optimization"]["level"] == "ORT_ENABLE_EXTENDED"
     assert m["preprocessing"]["max_length"] == 16 and m["preprocessing"]["pad_id"] == 0
     assert m["explanations"] == "attention" and m["label_names"] == ["bearish", "bullish", "neutral"]

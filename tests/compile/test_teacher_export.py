@@ -29,7 +29,8 @@ def test_teacher_bundle_parity(teacher_bundle):
             assert p["max_abs_logit_diff"] <= 1e-4 and p["label_agreement"] == 1.0
         else:
             assert p["max_abs_logit_diff"] <= 0.05
-            assert any("DynamicQuantizeMatMul" in op or "MatMulInteger" in op for op in v["operators"])
+            assert v["quantization"]["scheme"] == "static"  # calibrated QDQ, fused into QLinearMatMul / QGemm
+            assert any(op in ("QLinearMatMul", "com.microsoft::QGemm") for op in v["operators"])
 
 
 def test_teacher_dynamic_shapes_and_runtime(teacher_bundle):

@@ -14,6 +14,7 @@ import pytest
 from edgekd.errors import BundleError
 from edgekd.runtime import Bundle
 from edgekd.runtime.bundle import onnx_external_data_locations, write_manifest, write_zip
+from edgekd.runtime.manifest import manifest_digest
 
 
 @pytest.fixture
@@ -28,7 +29,10 @@ def _manifest(d):
 
 
 def _save_manifest(d, m):
+    """Write an edited manifest with a matching digest, as a careful forger would: these tests are
+    about the checks that come after the digest (the digest itself: test_manifest_edit_refused)."""
     (d / "manifest.json").write_text(json.dumps(m))
+    (d / "manifest.sha256").write_text(manifest_digest(m) + "\n")
 
 
 def test_clean_bundle_and_zip_load(student_bundle):

@@ -63,7 +63,7 @@ def test_predict_outputs(student_bundle):
     assert p.labels == [b.label_names[i] for i in p.label_ids]
     # word-level explanations: the original words (case kept), weights summing to 1
     words = [w for w, _ in p.explanations[0]]
-    assert words == ["Stocks", "rally", "as", "$", "AAPL", "beats", "earnings", "estimates"]
+    assert words == ["Stocks", "rally", "as", "$AAPL", "beats", "earnings", "estimates"]  # as written, whitespace-delimited
     assert abs(sum(w for _, w in p.explanations[0]) - 1.0) < 1e-5
     single = b.predict(TEXTS[0])
     np.testing.assert_allclose(single.logits[0], p.logits[0], atol=1e-5)
@@ -125,3 +125,20 @@ def test_cpu_helpers(tmp_path):
     assert "asimddp" in feats and has_int8_dot_product("arm64", feats)
     assert not has_int8_dot_product("x86_64", frozenset({"avx2"}))
     assert cpu_features(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize("which", ["student_bundle", "teacher_bundle"])
+def test_int8_labels_do_not_depend_on_the_batch(which, request):
+    """Shipped int8 variants are static (calibrated QDQ): a text's label and probabilities are the
+    same alone and inside a batch of 32 other texts (dynamic int8 took one activation scale per batch)."""
+    path = request.getfixturevalue(which)
+    texts = (TEXTS * 3)[:32]
+    texts[5] = texts[5] + " " + " ".join(TEXTS)  # one long text changes the padding and the ranges
+    for prec in ("int8",):
+        b = Bundle.load(path, precision=prec)
+        assert b.variant["quantization"]["batch_invariant"]
+        batch = b.predict(texts, explain=False)
+        for k, t in enumerate(texts):
+            alone = b.predict(t, explain=False)
+            assert alone.labels[0] == batch.labels[k]
+            np.testing.assert_allclose(alone.probabilities[0], batch.probabilities[k], atol=1e-5)
