@@ -1,0 +1,174 @@
+"""Benchmark of ``edgekd::fused_linear_kd`` against the naive PyTorch path, forward + backward.
+
+Implementations (forward KL, temperature 1, fp32, the same inputs):
+
+- ``naive``: what a KD training step usually writes: ``z = h @ W.T`` (the (N, V) student logits),
+  ``log_softmax`` of student and teacher logits, ``F.kl_div(..., log_target=True)``, autograd.
+- ``fused_dense``: ``edgekd.ops.fused_linear_kd(h, W, teacher_logits)`` (C++ kernel on CPU): no
+  (N, V) tensor besides the teacher's logits, which are an input here.
+- ``fused_sparse_k64``: the same op on the sparse teacher cache (top-64 log-probs + tail), the way
+  training runs with ``edgekd.llm.cache``: no (N, V) tensor at all.
+
+Each (N, implementation) runs in a fresh subprocess: build the inputs, (N < 8192) one warm-up step,
+reset the peak-RSS counter (``/proc/self/clear_refs``), run the timed steps and read ``VmHWM``.
+"extra MB" = peak RSS minus the RSS with the inputs allocated (outputs, gradients and every
+temporary included, inputs excluded); "peak MB" = the whole process's peak RSS. Timing is the
+wall-clock of whole forward + backward steps (median, with the spread of the runs): the steps take
+seconds, so ``torch.utils.benchmark`` adds nothing. The machine load (``os.getloadavg``) is
+recorded: on a shared machine the times are noisy, re-run on an idle one.
+
+    python benchmarks/bench_fused_linear_kd.py              # N in {512, 2048, 8192}, V = 49152, H = 576
+    python benchmarks/bench_fused_linear_kd.py --quick      # N = 512 only
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+IMPLS = ("naive", "fused_dense", "fused_sparse_k64")
+V, H = 49152, 576
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def child(impl: str, N: int, runs: int, warmup: int, threads: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import edgekd.ops  # noqa: F401
+    from edgekd.llm import SparseTeacher
+    from edgekd.llm.cache import sparsify
+    from edgekd.ops import fused_linear_kd
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(N, H, generator=g)
+    W = (torch.randn(V, H, generator=g) / H**0.5).requires_grad_(True)
+    if impl == "fused_sparse_k64":
+        teacher = torch.randn(N, V, generator=g) * 2.0
+        st = sparsify(teacher, 64)
+        teacher = SparseTeacher(st.topk_ids.clone(), st.topk_logprobs.clone(), st.tail_logmass.clone())
+        del st
+    else:
+        teacher = torch.randn(N, V, generator=g) * 2.0
+    h.requires_grad_(True)
+
+    def step():
+        h.grad = None
+        W.grad = None
+        if impl == "naive":
+            z = h @ W.t()
+            loss = F.kl_div(torch.log_softmax(z, -1), torch.log_softmax(teacher, -1), reduction="sum",
+                            log_target=True) / N
+        else:
+            loss = fused_linear_kd(h, W, teacher)
+        loss.backward()
+        return float(loss)
+
+    import gc
+
+    for _ in range(warmup):
+        step()
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_kb("VmRSS")
+    times, losses = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - t0)
+    peak = _rss_kb("VmHWM")
+    return {"times": times, "extra_mb": (peak - base) / 1024, "peak_mb": peak / 1024, "loss": losses[-1]}
+
+
+def run_case(impl: str, N: int, runs: int, warmup: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", impl, str(N), str(runs), str(warmup), str(threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": (out.stderr or out.stdout).strip().splitlines()[-1:] or ["rc %d" % out.returncode]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        impl, N, runs, warmup, threads = args.child
+        print(json.dumps(child(impl, int(N), int(runs), int(warmup), int(threads))))
+        return
+    import torch
+
+    sizes = [512] if args.quick else [512, 2048, 8192]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
+    print(f"fused_linear_kd vs naive KD: V={V} H={H} fp32 forward KL, threads={args.threads}, {machine}, "
+          f"torch {torch.__version__}, {stamp}")
+    rows = []
+    for N in sizes:
+        runs, warmup = (3, 1) if N < 8192 else (1, 0)
+        res = {}
+        for impl in IMPLS:
+            load = os.getloadavg()[0]
+            r = run_case(impl, N, runs, warmup, args.threads)
+            r["load"] = load
+            res[impl] = r
+        base = res["naive"]
+        for impl in IMPLS:
+            r = res[impl]
+            row = {"N": N, "V": V, "H": H, "impl": impl, "mode": "full", "device": "cpu", "machine": machine,
+                   "torch": torch.__version__, "threads": args.threads, "time": stamp, "load": f"{r['load']:.1f}"}
+            if "error" in r:
+                row["note"] = " ".join(r["error"])[:200]
+                print(f"N={N:5d} {impl:18s} FAILED: {row['note']}")
+                rows.append(row)
+                continue
+            med = statistics.median(r["times"]) * 1e3
+            spread = (max(r["times"]) - min(r["times"])) * 1e3
+            row.update(median_ms=f"{med:.0f}", spread_ms=f"{spread:.0f}", runs=len(r["times"]),
+                       extra_mb=f"{r['extra_mb']:.0f}", peak_mb=f"{r['peak_mb']:.0f}", loss=f"{r['loss']:.6f}")
+            if "error" not in base:
+                bmed = statistics.median(base["times"]) * 1e3
+                row["speedup"] = f"{bmed / med:.2f}x"
+                row["mem_ratio"] = f"{r['extra_mb'] / max(base['extra_mb'], 1e-9):.4f}"
+            print(f"N={N:5d} {impl:18s} {med:9.0f} ms (spread {spread:6.0f}, {len(r['times'])} runs)  "
+                  f"extra {r['extra_mb']:8.0f} MB  peak {r['peak_mb']:8.0f} MB  "
+                  f"speed-up {row.get('speedup', '-'):>6s}  mem {row.get('mem_ratio', '-')}  load {r['load']:.1f}")
+            rows.append(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "llm_kd.csv"
+    fields = ["N", "V", "H", "impl", "mode", "device", "machine", "torch", "threads", "time", "load", "median_ms",
+              "spread_ms", "runs", "extra_mb", "peak_mb", "mem_ratio", "speedup", "loss", "note"]
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"appended {len(rows)} rows to {path}")
+
+
+if __name__ == "__main__":
+    main()
