@@ -39,6 +39,20 @@ def _logaddexp(a, b):
 
 
 @triton.jit
+def _load_block(zr, tr, off, V, inv_tau, lse_x, lse_y, BLOCK: tl.constexpr):
+    """One vocabulary block of a row: (cols, in-range mask, logits z, teacher logits, lq, lp, p, q)."""
+    cols = off + tl.arange(0, BLOCK)
+    m = cols < V
+    z = tl.load(zr + cols, mask=m, other=0.0)
+    traw = tl.load(tr + cols, mask=m, other=0.0)
+    lq = z * inv_tau - lse_x
+    lp = traw * inv_tau - lse_y
+    p = tl.where(m, tl.exp(lp), 0.0)
+    q = tl.where(m, tl.exp(lq), 0.0)
+    return cols, m, z, traw, lq, lp, p, q
+
+
+@triton.jit
 def _g_and_terms(lp, lq, p, q, wh, wt, keep, pc, lqc, c1, c2, w1, LOSS: tl.constexpr):
     """(G, loss terms) of a block for the losses without row-level coupling (and AKL/clip given
     their row scalars). c1, c2: log-weights of the mixture; w1: 1 - beta or 1 - alpha."""
@@ -134,13 +148,7 @@ def _kd_rows_kernel(
         Sp = 0.0
         Sr = 0.0
         for off in range(0, V, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            m = cols < V
-            lq = tl.load(zr + cols, mask=m, other=0.0) * inv_tau - lse_x
-            traw = tl.load(tr + cols, mask=m, other=0.0)
-            lp = traw * inv_tau - lse_y
-            p = tl.where(m, tl.exp(lp), 0.0)
-            q = tl.where(m, tl.exp(lq), 0.0)
+            cols, m, z, traw, lq, lp, p, q = _load_block(zr, tr, off, V, inv_tau, lse_x, lse_y, BLOCK)
             gap = tl.abs(p - q)
             head = m & (traw >= thr)
             gh += tl.sum(tl.where(head, gap, 0.0), 0)
@@ -161,12 +169,7 @@ def _kd_rows_kernel(
         mc = float("-inf")
         sc = 0.0
         for off in range(0, V, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            m = cols < V
-            lq = tl.load(zr + cols, mask=m, other=0.0) * inv_tau - lse_x
-            traw = tl.load(tr + cols, mask=m, other=0.0)
-            lp = traw * inv_tau - lse_y
-            p = tl.where(m, tl.exp(lp), 0.0)
+            cols, m, z, traw, lq, lp, p, q = _load_block(zr, tr, off, V, inv_tau, lse_x, lse_y, BLOCK)
             keep = m & (traw >= thr)
             clip = m & (traw < thr)
             Lk += tl.sum(tl.where(keep & (p > 0), p * (lp - lq), 0.0), 0)
@@ -184,12 +187,7 @@ def _kd_rows_kernel(
         L = 0.0
         S = 0.0
         for off in range(0, V, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            m = cols < V
-            lq = tl.load(zr + cols, mask=m, other=0.0) * inv_tau - lse_x
-            lp = tl.load(tr + cols, mask=m, other=0.0) * inv_tau - lse_y
-            p = tl.where(m, tl.exp(lp), 0.0)
-            q = tl.where(m, tl.exp(lq), 0.0)
+            cols, m, z, traw, lq, lp, p, q = _load_block(zr, tr, off, V, inv_tau, lse_x, lse_y, BLOCK)
             G, Lb = _g_and_terms(lp, lq, p, q, wh, wt, m, pc, lqc, c1, c2, w1, LOSS)
             L += tl.sum(tl.where(m, Lb, 0.0), 0)
             S += tl.sum(tl.where(m, G, 0.0), 0)
@@ -201,14 +199,7 @@ def _kd_rows_kernel(
     tl.store(ROW_LOSS + n, row_loss)
     # pass 3: dL/dz over the logits
     for off in range(0, V, BLOCK):
-        cols = off + tl.arange(0, BLOCK)
-        m = cols < V
-        z = tl.load(zr + cols, mask=m, other=0.0)
-        lq = z * inv_tau - lse_x
-        traw = tl.load(tr + cols, mask=m, other=0.0)
-        lp = traw * inv_tau - lse_y
-        p = tl.where(m, tl.exp(lp), 0.0)
-        q = tl.where(m, tl.exp(lq), 0.0)
+        cols, m, z, traw, lq, lp, p, q = _load_block(zr, tr, off, V, inv_tau, lse_x, lse_y, BLOCK)
         G, Lb = _g_and_terms(lp, lq, p, q, wh, wt, traw >= thr, pc, lqc, c1, c2, w1, LOSS)
         g = c_kd * (G - q * S)
         if HAS_CE:

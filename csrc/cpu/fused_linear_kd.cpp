@@ -52,6 +52,7 @@ struct Isa {
   decltype(&isa_base::dense_grad_row<T>) dense_grad_row;
   decltype(&isa_base::sparse_grad_row<T>) sparse_grad_row;
   decltype(&isa_base::row_lse_masked<T>) row_lse_masked;
+  decltype(&isa_base::fkl_dense_row<T>) fkl_dense_row;
 };
 
 template <typename T>
@@ -59,10 +60,12 @@ Isa<T> pick_isa() {
 #ifdef EDGEKD_HAVE_AVX2_CLONE
   if (edgekd_use_avx2())
     return {&isa_avx2::row_lse<T>, &isa_avx2::row_logprobs<T>, &isa_avx2::bucket_row<T>,
-            &isa_avx2::dense_grad_row<T>, &isa_avx2::sparse_grad_row<T>, &isa_avx2::row_lse_masked<T>};
+            &isa_avx2::dense_grad_row<T>, &isa_avx2::sparse_grad_row<T>, &isa_avx2::row_lse_masked<T>,
+            &isa_avx2::fkl_dense_row<T>};
 #endif
   return {&isa_base::row_lse<T>, &isa_base::row_logprobs<T>, &isa_base::bucket_row<T>,
-          &isa_base::dense_grad_row<T>, &isa_base::sparse_grad_row<T>, &isa_base::row_lse_masked<T>};
+          &isa_base::dense_grad_row<T>, &isa_base::sparse_grad_row<T>, &isa_base::row_lse_masked<T>,
+          &isa_base::fkl_dense_row<T>};
 }
 
 struct Settings {
@@ -90,6 +93,20 @@ void chunk_rows(const Isa<T>& isa, T* z, int64_t rows, int64_t V, int64_t row0, 
       if (!valid[n]) {
         std::fill(zr, zr + V, T(0));
         row_loss[n] = 0.0;
+        continue;
+      }
+      if (dense && st.kind == 0 && st.w < 1.0 && (st.w == 0.0 || st.tau == 1.0)) {
+        // forward KL fast path (CE folded in when tau = 1: softmax(z) is q)
+        const int64_t label = st.w > 0 ? labels[n] : 0;
+        const double zl = st.w > 0 ? (double)zr[label] : 0.0;
+        double lse_x;
+        const double L = isa.fkl_dense_row(zr, teacher + n * V, V, inv_t, c_kd, (T)st.w, lq.data(), lp.data(), &lse_x);
+        double loss = l_kd * L;
+        if (st.w > 0) {
+          loss += st.w * (lse_x - zl);
+          zr[label] -= (T)st.w;
+        }
+        row_loss[n] = loss;
         continue;
       }
       double loss = 0.0;

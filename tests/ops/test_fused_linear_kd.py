@@ -235,3 +235,13 @@ def test_triton_kernel_interpreter_matches_oracle(loss, max_block, monkeypatch):
                                        loss, TAU, 0.3, 0.2, 0.25, 2)
     n = int(valid.sum())
     compare((total / n, (gh / n, gw / n, gb / n)), oracle(h, W, b, t, labels, **kw), N, V, H)
+
+
+@pytest.mark.parametrize("ce_weight", [0.0, 0.25])
+@pytest.mark.parametrize("tau", [1.0, 1.5])
+def test_forward_kl_fast_path_matches_oracle(ce_weight, tau):
+    """The C++ kernel's forward-KL fast path (dense teacher; with CE only at tau = 1)."""
+    N, H, V = 13, 7, 37
+    h, W, b, t, labels = make_case(N, H, V)
+    kw = dict(loss="forward_kl", temperature=tau, ce_weight=ce_weight)
+    compare(run_op(h, W, b, t, labels, chunk_size=4, **kw), oracle(h, W, b, t, labels, **kw), N, V, H)
