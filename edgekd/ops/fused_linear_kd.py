@@ -244,6 +244,8 @@ def _check(hidden, weight, bias, teacher, labels, mask, loss, temperature, beta,
             raise EdgekdValueError(f"{who}: '{name}' must be a 2-D floating tensor")
     N, H = hidden.shape
     V = weight.shape[0]
+    if hidden.device.type == "cpu" and hidden.dtype not in (torch.float32, torch.float64):
+        raise EdgekdValueError(f"{who}: on the CPU hidden must be float32 or float64, got {hidden.dtype}")
     if N == 0 or H == 0 or V == 0:
         raise EdgekdValueError(f"{who}: empty input: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}")
     if weight.shape[1] != H or weight.dtype != hidden.dtype or weight.device != hidden.device:

@@ -211,6 +211,8 @@ def test_bad_inputs():
         fused_linear_kd(h, W, t, mask=torch.zeros(4, dtype=torch.bool))
     with pytest.raises(EdgekdValueError, match="weight must be"):
         fused_linear_kd(h, W[:, :2], t)
+    with pytest.raises(EdgekdValueError, match="float32 or float64"):
+        fused_linear_kd(h.bfloat16(), W.bfloat16(), t)
     with pytest.raises(EdgekdValueError, match="labels must be in"):
         fused_linear_kd(h, W, t, labels=torch.tensor([0, 1, 2, 6]), ce_weight=0.5)
 
