@@ -51,8 +51,9 @@ struct Isa {
   decltype(&isa_base::bucket_row<T>) bucket_row;
   decltype(&isa_base::dense_grad_row<T>) dense_grad_row;
   decltype(&isa_base::sparse_grad_row<T>) sparse_grad_row;
-  decltype(&isa_base::row_lse_masked<T>) row_lse_masked;
   decltype(&isa_base::fkl_dense_row<T>) fkl_dense_row;
+  decltype(&isa_base::sparse_prep_row<T>) sparse_prep_row;
+  decltype(&isa_base::sparse_write_row<T>) sparse_write_row;
 };
 
 template <typename T>
@@ -60,12 +61,12 @@ Isa<T> pick_isa() {
 #ifdef EDGEKD_HAVE_AVX2_CLONE
   if (edgekd_use_avx2())
     return {&isa_avx2::row_lse<T>, &isa_avx2::row_logprobs<T>, &isa_avx2::bucket_row<T>,
-            &isa_avx2::dense_grad_row<T>, &isa_avx2::sparse_grad_row<T>, &isa_avx2::row_lse_masked<T>,
-            &isa_avx2::fkl_dense_row<T>};
+            &isa_avx2::dense_grad_row<T>, &isa_avx2::sparse_grad_row<T>,
+            &isa_avx2::fkl_dense_row<T>, &isa_avx2::sparse_prep_row<T>, &isa_avx2::sparse_write_row<T>};
 #endif
   return {&isa_base::row_lse<T>, &isa_base::row_logprobs<T>, &isa_base::bucket_row<T>,
-          &isa_base::dense_grad_row<T>, &isa_base::sparse_grad_row<T>, &isa_base::row_lse_masked<T>,
-          &isa_base::fkl_dense_row<T>};
+          &isa_base::dense_grad_row<T>, &isa_base::sparse_grad_row<T>,
+          &isa_base::fkl_dense_row<T>, &isa_base::sparse_prep_row<T>, &isa_base::sparse_write_row<T>};
 }
 
 struct Settings {
@@ -87,6 +88,7 @@ void chunk_rows(const Isa<T>& isa, T* z, int64_t rows, int64_t V, int64_t row0, 
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<T> lq(dense ? V : K), lp(dense ? V : K), G(K), sortbuf(K), ztop(dense ? 0 : k);
     std::vector<char> in_top(dense ? 0 : V, 0);
+    std::vector<T> ex(dense ? 0 : V);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = row0 + r;
       T* zr = z + r * V;
@@ -120,11 +122,11 @@ void chunk_rows(const Isa<T>& isa, T* z, int64_t rows, int64_t V, int64_t row0, 
         lse1 = (T)l1;
         loss += st.w * (l1 - (double)zr[label]);
       }
-      T m;
-      double lse_d;
-      isa.row_lse(zr, V, inv_t, &m, &lse_d);
-      const T lse = (T)lse_d;
       if (dense) {
+        T m;
+        double lse_d;
+        isa.row_lse(zr, V, inv_t, &m, &lse_d);
+        const T lse = (T)lse_d;
         const T* tr = teacher + n * V;
         T mt;
         double lset;
@@ -140,17 +142,20 @@ void chunk_rows(const Isa<T>& isa, T* z, int64_t rows, int64_t V, int64_t row0, 
         for (int64_t j = 0; j < V; ++j) S += (double)G[j];
         isa.dense_grad_row(zr, lq.data(), G.data(), V, st.w < 1.0 ? c_kd : T(0), (T)S, (T)st.w, lse1);
       } else {
+        // sparse teacher: one exp per vocabulary entry, kept in `ex`
         const int64_t* idr = ids + n * k;
+        for (int64_t b = 0; b < k; ++b) in_top[idr[b]] = 1;
+        double lse_s, lse_tail;
+        T inv_s;
+        isa.sparse_prep_row(zr, in_top.data(), V, inv_t, ex.data(), &lse_s, &lse_tail, &inv_s);
+        for (int64_t b = 0; b < k; ++b) in_top[idr[b]] = 0;
         for (int64_t b = 0; b < k; ++b) {
           ztop[b] = zr[idr[b]];
-          lq[b] = ztop[b] * inv_t - lse;
+          lq[b] = (T)((double)ztop[b] * (double)inv_t - lse_s);
           lp[b] = lps[n * k + b];
         }
-        T lq_tail = -std::numeric_limits<T>::infinity();
+        const T lq_tail = (T)(lse_tail - lse_s);
         if (has_tail) {
-          for (int64_t b = 0; b < k; ++b) in_top[idr[b]] = 1;
-          lq_tail = (T)(isa.row_lse_masked(zr, in_top.data(), V, inv_t) - lse_d);
-          for (int64_t b = 0; b < k; ++b) in_top[idr[b]] = 0;
           lq[k] = lq_tail;
           lp[k] = tail[n];
         }
@@ -162,7 +167,14 @@ void chunk_rows(const Isa<T>& isa, T* z, int64_t rows, int64_t V, int64_t row0, 
         double S = 0.0;
         for (int64_t b = 0; b < K; ++b) S += (double)G[b];
         const T ckd = st.w < 1.0 ? c_kd : T(0);
-        isa.sparse_grad_row(zr, V, inv_t, lse, lq_tail, has_tail ? G[k] : T(0), ckd, (T)S, (T)st.w, lse1);
+        const double g_tail = has_tail ? (double)G[k] : 0.0;
+        const T tail_coef = g_tail != 0.0 ? (T)(g_tail / std::exp(lse_tail - lse_s)) : T(0);
+        const bool ce_is_q = st.w > 0 && st.tau == 1.0;
+        if (st.w > 0 && !ce_is_q) {  // CE at tau != 1: softmax(z) needs z, read before the write
+          isa.sparse_grad_row(zr, V, inv_t, (T)lse_s, lq_tail, has_tail ? G[k] : T(0), ckd, (T)S, (T)st.w, lse1);
+        } else {
+          isa.sparse_write_row(zr, ex.data(), V, inv_s, tail_coef, ckd, (T)S, ce_is_q ? (T)st.w : T(0));
+        }
         for (int64_t b = 0; b < k; ++b) {
           const T ce = st.w > 0 ? (T)st.w * (T)std::exp((double)ztop[b] - (double)lse1) : T(0);
           zr[idr[b]] = ckd * (G[b] - (T)std::exp((double)lq[b]) * (T)S) + ce;

@@ -218,25 +218,6 @@ void sparse_grad_row(T* __restrict z, int64_t V, T inv_t, T lse, T lq_tail, T G_
   }
 }
 
-// log sum_{j : !skip[j]} exp(x[j] * scale) (-inf when every entry is skipped).
-template <typename T>
-double row_lse_masked(const T* __restrict x, const char* __restrict skip, int64_t n, T scale) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    const T v = skip[j] ? -std::numeric_limits<T>::infinity() : x[j] * scale;
-    m = v > m ? v : m;
-  }
-  if (m == -std::numeric_limits<T>::infinity()) return -std::numeric_limits<double>::infinity();
-  T s0 = 0, s1 = 0;
-  int64_t j = 0;
-  for (; j + 2 <= n; j += 2) {
-    s0 += skip[j] ? T(0) : exp_t(x[j] * scale - m);
-    s1 += skip[j + 1] ? T(0) : exp_t(x[j + 1] * scale - m);
-  }
-  for (; j < n; ++j) s0 += skip[j] ? T(0) : exp_t(x[j] * scale - m);
-  return (double)m + std::log((double)s0 + (double)s1);
-}
-
 // Forward KL with a dense teacher, the common case, in 4 passes and 2 exps per entry (the generic
 // path takes 4 exps): ex, ey hold exp(x - max x), exp(y - max y). Overwrites z with
 // c_kd (q S_p - p) + w (q - onehot) (the CE part only when tau = 1, where softmax(z) = q; the
@@ -292,4 +273,43 @@ double fkl_dense_row(T* __restrict z, const T* __restrict t, int64_t V, T inv_t,
   }
   *lse_out = (double)cx;
   return (double)L0 + (double)L1;
+}
+
+// Sparse teacher, one exp per entry: e[j] = exp(x_j - max x) with x = z * inv_t; returns the
+// log-sum-exp of x (lse_out), of x over the entries with skip[j] == 0 (the tail; -inf if none) and
+// 1 / sum e (inv_s_out).
+template <typename T>
+void sparse_prep_row(const T* __restrict z, const char* __restrict skip, int64_t V, T inv_t, T* __restrict e,
+                     double* lse_out, double* lse_tail_out, T* inv_s_out) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < V; ++j) m = z[j] * inv_t > m ? z[j] * inv_t : m;
+  T s0 = 0, s1 = 0, t0 = 0, t1 = 0;
+  int64_t j = 0;
+  for (; j + 2 <= V; j += 2) {
+    e[j] = exp_t(z[j] * inv_t - m);
+    e[j + 1] = exp_t(z[j + 1] * inv_t - m);
+    s0 += e[j];
+    s1 += e[j + 1];
+    t0 += skip[j] ? T(0) : e[j];
+    t1 += skip[j + 1] ? T(0) : e[j + 1];
+  }
+  for (; j < V; ++j) {
+    e[j] = exp_t(z[j] * inv_t - m);
+    s0 += e[j];
+    t0 += skip[j] ? T(0) : e[j];
+  }
+  const double s = (double)s0 + (double)s1, st = (double)t0 + (double)t1;
+  *lse_out = (double)m + std::log(s);
+  *lse_tail_out = st > 0 ? (double)m + std::log(st) : -std::numeric_limits<double>::infinity();
+  *inv_s_out = (T)(1.0 / s);
+}
+
+// Sparse write-back for all tokens as tail tokens: z[j] <- c_kd q_j (tail_coef - S) + w q_j with
+// q_j = e[j] * inv_s (the CE term w softmax(z)_j = w q_j needs tau = 1; ce_q = 0 otherwise) and
+// tail_coef = G_tail / Q_tail; the top-k entries are fixed up by the caller.
+template <typename T>
+void sparse_write_row(T* __restrict z, const T* __restrict e, int64_t V, T inv_s, T tail_coef, T c_kd, T S,
+                      T ce_q) {
+  const T a = c_kd * (tail_coef - S) + ce_q;
+  for (int64_t j = 0; j < V; ++j) z[j] = a * (e[j] * inv_s);
 }

@@ -241,9 +241,13 @@ def test_triton_kernel_interpreter_matches_oracle(loss, max_block, monkeypatch):
 
 @pytest.mark.parametrize("ce_weight", [0.0, 0.25])
 @pytest.mark.parametrize("tau", [1.0, 1.5])
-def test_forward_kl_fast_path_matches_oracle(ce_weight, tau):
-    """The C++ kernel's forward-KL fast path (dense teacher; with CE only at tau = 1)."""
+@pytest.mark.parametrize("sparse", [False, True])
+def test_temperature_one_and_ce_paths_match_oracle(ce_weight, tau, sparse):
+    """The C++ kernel's special paths: forward KL with a dense teacher (CE folded in at tau = 1),
+    and the sparse write-back (CE from the student's q at tau = 1, from the logits otherwise)."""
     N, H, V = 13, 7, 37
-    h, W, b, t, labels = make_case(N, H, V)
+    h, W, b, t, labels = make_case(N, H, V, sparse=sparse, k=6)
+    if sparse:
+        t = SparseTeacher(t.topk_ids, t.topk_logprobs, t.tail_logmass, tau)
     kw = dict(loss="forward_kl", temperature=tau, ce_weight=ce_weight)
     compare(run_op(h, W, b, t, labels, chunk_size=4, **kw), oracle(h, W, b, t, labels, **kw), N, V, H)
