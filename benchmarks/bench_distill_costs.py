@@ -5,18 +5,23 @@ teacher fine-tuning (ms per tweet, forward+backward+AdamW, batch 16, dynamic pad
 forward (ms per tweet, batch 64, length-sorted), teacher IG (ms per tweet per step, batch 8) and a
 student epoch (s per 1,000 tweets), then projects the quick and full profiles.
 
-    python benchmarks/bench_distill_costs.py [--teacher runs/demo-quick/teacher] [--threads 1]
+    python benchmarks/bench_distill_costs.py [--teacher runs/demo-quick/teacher] [--threads 1] [--csv FILE]
+
+Each unit cost is one timed pass over ``--n`` tweets (a mean per tweet, not a median of repeats);
+``--csv`` appends them in the schema of ``benchmarks/common.py`` (``extra`` says the unit).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
+import pathlib
 import time
 
 import numpy as np
 import torch
+
+import common
 
 
 def main() -> None:
@@ -24,20 +29,21 @@ def main() -> None:
     ap.add_argument("--teacher", help="fine-tuned teacher dir (default: MiniLM-L6 encoder with a new head)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--n", type=int, default=64, help="tweets per measurement")
+    ap.add_argument("--csv", type=pathlib.Path, help="append the unit costs to this CSV (common schema)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from edgekd.assets import asset_path
     from edgekd.data import WordTokenizer, load_tfns
-    from edgekd.distill.api import minilm_dir
     from edgekd.distill.trainer import EncodedSplit, TrainConfig, train_student
     from edgekd.students import BiLSTMAttentionStudent
     from edgekd.teacher import IGConfig, Teacher, annotate
 
     tr = load_tfns("train").stratified_sample(2000, seed=5)
-    texts = tr.texts[: args.n]
-    src = args.teacher or str(minilm_dir())
+    texts, labels = tr.texts[: args.n], tr.labels[: args.n]
+    src = args.teacher or str(asset_path("minilm"))
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=3)
     res: dict = {"threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}
@@ -48,7 +54,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for b in range(0, len(texts), 16):
         e = tok(texts[b : b + 16], truncation=True, max_length=64, padding=True, return_tensors="pt")
-        out = model(**e, labels=torch.tensor(tr.labels[b : b + 16]))
+        out = model(**e, labels=torch.tensor(labels[b : b + 16]))
         out.loss.backward()
         opt.step()
         opt.zero_grad()
@@ -89,8 +95,21 @@ def main() -> None:
     for k in ("projection_quick", "projection_full"):
         res[k]["total_min"] = sum(res[k].values())
     res["loadavg_end"] = os.getloadavg()
-    res["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    info = common.machine_info()
+    res["machine"], res["versions"] = common.machine_string(info), common.versions_string(info)
     print(json.dumps(res, indent=2, default=lambda x: round(x, 3) if isinstance(x, float) else str(x)))
+    if args.csv:
+        stamp = common.now()
+        units = [("teacher_train_ms_per_tweet", "teacher fine-tune batch=16", "train", "ms per tweet"),
+                 ("teacher_forward_ms_per_tweet", "teacher forward batch=64", "inference", "ms per tweet"),
+                 ("teacher_ig_ms_per_tweet_step", "teacher IG batch=8", "attribution", "ms per tweet per IG step"),
+                 ("student_epoch_s_per_1000", "student epoch", "train", "s per 1000 tweets (x1000 = ms)")]
+        common.append_rows(args.csv, [
+            common.make_row(f"{case} n={args.n}", "minilm-teacher" if k.startswith("teacher") else
+                            f"student-{res['student_backend']}", mode, res[k] * (1000 if k.startswith("student") else 1),
+                            None, None, None, common.fmt_extra(unit=unit, timing="one pass, mean"), info=info,
+                            time=stamp)
+            for k, case, mode, unit in units])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ hidden 50 (DiXtill) and 128; E = 50. Modes: forward (inference, no_grad) and for
 The machine is usually shared and noisy, so every case is measured in ``--rounds`` interleaved
 rounds (reference, native, native-op, then again); the table gives the median over rounds of each
 round's median, the spread (min-max of the round medians) and the speed-up against the reference
-of the same round (median over rounds). CPU timing uses ``torch.utils.benchmark.Timer``.
+of the same round (median over rounds). CPU timing uses ``torch.utils.benchmark.Timer``
+(``benchmarks/common.py``: machine info, timing and the CSV schema shared by every benchmark).
 
     python benchmarks/bench_masked_bilstm.py                       # print the table
     python benchmarks/bench_masked_bilstm.py --csv benchmarks/results/masked_bilstm.csv \
@@ -23,30 +24,18 @@ of the same round (median over rounds). CPU timing uses ``torch.utils.benchmark.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import pathlib
-import platform
 import statistics
 import sys
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torch.utils.benchmark import Timer
 
+import common
 import edgekd.ops  # noqa: F401
 from edgekd._ext import has_extension
 from edgekd.ops import masked_bilstm
 from edgekd.ops.masked_bilstm import WEIGHT_NAMES
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TFNS = ROOT.parent / "shared" / "data" / "tfns" / "sent_train.csv"
-
-
-def tfns_lengths(path: pathlib.Path = TFNS) -> list[int]:
-    """Whitespace word counts of the TFNS training tweets (parsed as CSV: quoted line breaks)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [max(1, len(row["text"].split())) for row in csv.DictReader(f)]
 
 
 def draw_lengths(batch: int, T: int, pool: list[int], seed: int = 0) -> torch.Tensor:
@@ -87,8 +76,8 @@ def make_case(B: int, T: int, E: int, H: int, lengths: torch.Tensor, train: bool
 
 
 def measure(fn, min_run_time: float) -> float:
-    fn()  # warm-up
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    """Median seconds of ``fn()`` (common.time_cpu: Timer.blocked_autorange after a warm-up)."""
+    return common.time_cpu(fn, min_run_time)[0] / 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     if not has_extension():
         print("warning: edgekd._C is not built; 'native' runs the PyTorch fallback", file=sys.stderr)
 
-    pool = tfns_lengths()
+    pool = common.tfns_lengths()
     E = 50
     cases = []
     for H in args.hidden:
         cases.append(("batch 1", 1, 32, H, torch.tensor([32])))
         cases.append(("batch 64", 64, 64, H, draw_lengths(64, 64, pool)))
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
-    print(f"== masked_bilstm: native vs reference (nn.LSTM packed) | torch {torch.__version__} | {machine} | {stamp}")
+    stamp = common.now()
+    info = common.machine_info()
+    common.banner("masked_bilstm: native vs reference (nn.LSTM packed)", info)
     print(f"   {args.rounds} interleaved rounds x Timer(min_run_time={args.min_run_time}s); ms are medians of round medians")
     header = f"{'case':<9} {'H':>4} {'mode':<9} {'impl':<10} {'median ms':>10} {'spread ms':>17} {'speed-up':>9}"
     print(header)
@@ -133,35 +122,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name:<9} {H:>4} {mode:<9} {k:<10} {med:>10.3f} {f'{lo:.3f}-{hi:.3f}':>17} {speedup:>8.2f}x"
                 )
-                rows.append(
-                    dict(
-                        time=stamp, machine=machine, torch=torch.__version__, case=name, B=B, T=T, E=E, H=H,
-                        mean_len=round(float(lengths.float().mean()), 2), mode=mode, impl=k,
-                        median_ms=round(med, 4), min_ms=round(lo, 4), max_ms=round(hi, 4),
-                        speedup=round(speedup, 3),
-                    )
-                )
+                rows.append(dict(case=name, B=B, T=T, H=H, mean_len=round(float(lengths.float().mean()), 2),
+                                 mode=mode, impl=k, median_ms=med, min_ms=lo, max_ms=hi, speedup=speedup))
     if args.csv:
-        new = not args.csv.exists()
-        with open(args.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        common.append_rows(args.csv, [
+            common.make_row(common.fmt_case(B=r["B"], T=r["T"], E=E, H=r["H"], mean_len=r["mean_len"]), r["impl"],
+                            r["mode"], r["median_ms"], r["max_ms"] - r["min_ms"], None, r["speedup"],
+                            common.fmt_extra(spread="min-max of round medians", rounds=args.rounds),
+                            info=info, time=stamp)
+            for r in rows])
     if args.md:
-        lines = [
-            f"Measured {stamp} on {machine}, torch {torch.__version__}; {args.rounds} interleaved rounds x "
-            f"Timer(min_run_time={args.min_run_time}s).",
-            "",
+        table = [
             "| case | H | mean len | mode | impl | median ms | spread (min-max of rounds) | speed-up vs reference |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
-            lines.append(
+            table.append(
                 f"| {r['case']} (T={r['T']}) | {r['H']} | {r['mean_len']} | {r['mode']} | {r['impl']} | "
                 f"{r['median_ms']:.3f} | {r['min_ms']:.3f}-{r['max_ms']:.3f} | {r['speedup']:.2f}x |"
             )
-        args.md.write_text("\n".join(lines) + "\n")
+        common.write_results_md(args.md, "masked_bilstm: native vs reference", table, info=info, time=stamp,
+                                notes=[f"{args.rounds} interleaved rounds x Timer(min_run_time={args.min_run_time}s)."])
     return 0
 
 

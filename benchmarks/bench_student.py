@@ -16,37 +16,28 @@ Cases (embed 50, vocab 10k, hidden 50 and 128):
 Inference runs under torch.inference_mode(). Timing: torch.utils.benchmark.Timer,
 blocked_autorange, the two implementations alternated over --rounds rounds (so that both see the
 same machine load); per implementation the median over rounds of the per-round medians, the best
-round, the median IQR; speed-up = median over rounds of (reference / native), same run. Results: printed, appended to benchmarks/results/student.csv and
-summarized in benchmarks/results/student.md.
+round, the median IQR; speed-up = median over rounds of (reference / native), same run. Results: printed and
+appended to benchmarks/results/student.csv (the schema of benchmarks/common.py); the table of the
+current measurement is benchmarks/results/student.md.
 
     .venv/bin/python benchmarks/bench_student.py [--threads 1] [--hidden 50 128] [--min-run-time 2] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import os
-import platform
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.utils.benchmark as tb
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "tfns" / "sent_train.csv"
-RESULTS = ROOT / "benchmarks" / "results"
+import common
+
+DATA = common.TFNS_TRAIN
+RESULTS = common.RESULTS
 
 
 ADAM_KW = {"fused": {"fused": True}, "foreach": {"foreach": True}, "plain": {"foreach": False}}
-
-
-def tfns_lengths(path: Path) -> np.ndarray:
-    """Whitespace word counts of the TFNS training tweets (parsed as CSV: quoted line breaks)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return np.array([max(1, len(r["text"].split())) for r in csv.DictReader(f)], dtype=np.int64)
 
 
 def make_batch(B: int, T: int, V: int, lengths_pool: np.ndarray | None, seed: int):
@@ -61,20 +52,9 @@ def make_batch(B: int, T: int, V: int, lengths_pool: np.ndarray | None, seed: in
     return ids, mask, labels, lengths
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure(stmt_fn, label: str, min_run_time: float):
-    t = tb.Timer(stmt="fn()", globals={"fn": stmt_fn}, label=label, num_threads=torch.get_num_threads())
-    m = t.blocked_autorange(min_run_time=min_run_time)
-    return m.median * 1e3, m.iqr * 1e3, len(m.times)
+    """(median ms, IQR ms, timed blocks): common.time_cpu (torch.utils.benchmark.Timer)."""
+    return common.time_cpu(stmt_fn, min_run_time, warmup=0)
 
 
 def main(argv=None) -> int:
@@ -102,16 +82,13 @@ def main(argv=None) -> int:
     if not native_available():
         print("native ops (masked_bilstm, masked_attention_pool) not available: nothing to compare", file=sys.stderr)
         return 1
-    lengths_pool = tfns_lengths(DATA) if DATA.is_file() else None
+    lengths_pool = np.array(common.tfns_lengths(DATA), dtype=np.int64) if DATA.is_file() else None
     if lengths_pool is None:
         print(f"warning: {DATA} not found; batch-64 rows use full length", file=sys.stderr)
     load = os.getloadavg()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    banner = (
-        f"edgekd student benchmark | {stamp} | {cpu_name()} | {os.cpu_count()} cores, torch threads {args.threads} "
-        f"| load avg {load[0]:.1f} | torch {torch.__version__} | python {platform.python_version()} | adam {args.adam}"
-    )
-    print(banner)
+    stamp = common.now()
+    info = common.machine_info(args.threads)
+    common.banner(f"edgekd student benchmark | load avg {load[0]:.1f} | adam {args.adam}", info)
     print(f"{'case':<10} {'H':>4} {'impl':<10} {'median ms':>10} {'best ms':>9} {'IQR ms':>8} {'runs':>6} {'speed-up':>9}")
     rows = []
     for H in args.hidden:
@@ -174,41 +151,17 @@ def main(argv=None) -> int:
                 ratios = [r[0] / n[0] for r, n in zip(per_round["reference"], per_round[name])]
                 speed = float(np.median(ratios))
                 print(f"{case:<10} {H:>4} {name:<10} {med:>10.3f} {best:>9.3f} {iqr:>8.3f} {runs:>6} {speed:>8.2f}x")
-                rows.append(
-                    {
-                        "time_utc": stamp,
-                        "case": case,
-                        "batch": int(ids.shape[0]),
-                        "T": int(ids.shape[1]),
-                        "mean_len": float(np.mean(lengths)),
-                        "hidden": H,
-                        "embed": args.embed,
-                        "vocab": args.vocab,
-                        "impl": name,
-                        "median_ms": round(med, 4),
-                        "best_ms": round(best, 4),
-                        "iqr_ms": round(iqr, 4),
-                        "runs": runs,
-                        "speedup_vs_reference": round(speed, 3),
-                        "max_abs_logit_diff": f"{max_diff:.2e}",
-                        "threads": args.threads,
-                        "adam": args.adam if case.startswith("train") else "",
-                        "load_avg_1m": round(load[0], 2),
-                        "cpu": cpu_name(),
-                        "torch": torch.__version__,
-                    }
-                )
+                rows.append(common.make_row(
+                    common.fmt_case(case=case, batch=int(ids.shape[0]), T=int(ids.shape[1]),
+                                    mean_len=round(float(np.mean(lengths)), 2), H=H, E=args.embed, V=args.vocab),
+                    name, "train-step" if case.startswith("train") else "inference", med, iqr, None, speed,
+                    common.fmt_extra(best_ms=round(best, 4), runs=runs, max_abs_logit_diff=f"{max_diff:.2e}",
+                                     adam=args.adam if case.startswith("train") else "",
+                                     load_avg_1m=round(load[0], 2)),
+                    info=info, time=stamp))
             print(f"{'':<10} {'':>4} max |logits native - reference| = {max_diff:.2e}")
     if not args.no_save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        csv_path = RESULTS / "student.csv"
-        new = not csv_path.exists()
-        with open(csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        print(f"appended {len(rows)} rows to {csv_path.relative_to(ROOT)}")
+        common.append_rows(RESULTS / "student.csv", rows)
     return 0
 
 

@@ -21,33 +21,32 @@ the memory allocated before the run.
 
     python benchmarks/bench_topk.py --quick          # the acceptance point + two small shapes
     python benchmarks/bench_topk.py --full           # B=1..4, N in {1024,4096}, D in {256,768}, ...
+
+Rows go to ``benchmarks/results/topk.csv`` in the schema of ``benchmarks/common.py`` (baseline of
+``ratio_to_baseline``: the materializing reference of the same shape and mode).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import gc
 import itertools
 import json
 import math
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+import common  # noqa: E402  (puts the repository root on sys.path)
 import edgekd  # noqa: E402
 import edgekd.ops  # noqa: E402,F401  (registers the ops)
 from edgekd.ops import perturbed_topk as pt  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+ROOT = common.ROOT
+RESULTS = common.RESULTS
 SIGMA = 0.05
 IMPLS = ("materializing", "pytorch_fused", "edgekd")
 MAX_MATERIALIZING_GB = 7.0  # skip the materializing reference above this estimated peak
@@ -175,8 +174,6 @@ def measure_memory_cpu(impl, B, N, D, S, k) -> float:
 
 
 def time_cpu(fn, scores, x, noise, k, grad, mode, min_run_time):
-    from torch.utils.benchmark import Timer
-
     def run_forward():
         with torch.no_grad():
             fn(scores, x, noise, k, SIGMA)
@@ -186,10 +183,7 @@ def time_cpu(fn, scores, x, noise, k, grad, mode, min_run_time):
         x.grad = None
         fn(scores, x, noise, k, SIGMA).backward(grad)
 
-    run = run_forward if mode == "forward" else run_full
-    run()  # warm-up
-    m = Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time)
-    return m.median * 1e3, m.iqr * 1e3, len(m.times)
+    return common.time_cpu(run_forward if mode == "forward" else run_full, min_run_time)
 
 
 def time_cuda(fn, scores, x, noise, k, grad, mode):
@@ -257,15 +251,10 @@ def main() -> None:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
-    if device == "cuda":
-        machine = torch.cuda.get_device_name()
-    print("=" * 100)
-    print(f"perturbed top-k gather benchmark | {stamp} | {machine} | torch {torch.__version__} | "
-          f"threads {torch.get_num_threads()} | edgekd {edgekd.__version__} | C++ ext "
-          f"{edgekd.ops.has_extension()} | sigma {SIGMA} | grid {kind}")
-    print("=" * 100)
+    stamp = common.now()
+    info = common.machine_info()
+    common.banner(f"perturbed top-k gather benchmark | device {device} | C++ ext {edgekd.ops.has_extension()} | "
+                  f"sigma {SIGMA} | grid {kind}", info)
     header = f"{'B':>2} {'N':>5} {'D':>4} {'k':>5} {'S':>4} {'impl':>14} {'mode':>8} " \
              f"{'median ms':>10} {'iqr ms':>8} {'runs':>5} {'extra MB':>9} {'speed-up':>9}"
     print(header)
@@ -281,9 +270,7 @@ def main() -> None:
             skip = impl == "materializing" and materializing_gb(B, N, k, S) > MAX_MATERIALIZING_GB
             for mode in ("forward", "full"):
                 row = dict(B=B, N=N, D=D, k=k, S=S, impl=impl, mode=mode, device=device,
-                           machine=machine, torch=torch.__version__, threads=torch.get_num_threads(),
-                           time=stamp, median_ms="", iqr_ms="", runs="", extra_mb="", speedup="",
-                           note="")
+                           median_ms="", iqr_ms="", runs="", extra_mb="", speedup="", note="")
                 if skip:
                     row["note"] = f"skipped: ~{materializing_gb(B, N, k, S):.1f} GB of one-hots"
                 else:
@@ -301,6 +288,7 @@ def main() -> None:
                         ref_ms[mode] = med
                     if mode in ref_ms:
                         row["speedup"] = f"{ref_ms[mode] / med:.1f}x"
+                        row["ratio"] = ref_ms[mode] / med
                 rows.append(row)
                 print(f"{B:>2} {N:>5} {D:>4} {k:>5} {S:>4} {impl:>14} {mode:>8} "
                       f"{row['median_ms']:>10} {row['iqr_ms']:>8} {row['runs']!s:>5} "
@@ -317,15 +305,16 @@ def main() -> None:
                 msg += f", extra memory {100 * float(ek['extra_mb']) / float(mat['extra_mb']):.2f}% of materializing"
             print(msg)
         del scores, x, noise, grad
-    path = pathlib.Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"appended {len(rows)} rows to {path}")
+    def num(v):
+        return float(v) if v not in ("", None) else None
+
+    common.append_rows(pathlib.Path(args.csv), [
+        common.make_row(common.fmt_case(B=r["B"], N=r["N"], D=r["D"], k=r["k"], S=r["S"], device=r["device"]),
+                        r["impl"], r["mode"], num(r["median_ms"]), num(r["iqr_ms"]), num(r["extra_mb"]),
+                        r.get("ratio"),
+                        common.fmt_extra(runs=r["runs"], peak="extra MB over the inputs" if r["extra_mb"] else "", note=r["note"]),
+                        info=info, time=stamp)
+        for r in rows])
 
 
 if __name__ == "__main__":

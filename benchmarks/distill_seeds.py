@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import common
+
+ROOT = common.ROOT
 METHODS = ("none", "kl", "mse", "dixtill")
 KEYS = ("accuracy", "macro_f1", "feature_agreement_attention", "sign_agreement_attention")
 
@@ -78,12 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
     lines = [
-        "# DiXtill on TFNS: spread over student seeds",
-        "",
-        f"Command: `.venv/bin/python benchmarks/distill_seeds.py --base {args.base} --profile {args.profile} "
-        f"--seeds {' '.join(map(str, args.seeds))}` (after `make demo`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.processor() or platform.machine()} {os.cpu_count()} cores; {elapsed / 60:.1f} min for the "
-        f"{len(args.seeds)} extra seeds.",
+        f"After `make demo`; {elapsed / 60:.1f} min for the {len(args.seeds)} extra seeds.",
         "",
         f"Same teacher ({teacher['accuracy']:.3f} acc / {teacher['macro_f1']:.3f} macro-F1 on the validation split) and "
         f"the same cached IG annotations for every seed; only the students' seed (initialization, shuffling) changes. "
@@ -100,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Orderings of macro-F1 that hold, out of {len(seeds)} seeds: "
               + ", ".join(f"{k}: {v}/{len(seeds)}" for k, v in order.items()) + "."]
     out = pathlib.Path(args.out)
-    out.write_text("\n".join(lines) + "\n")
+    common.write_results_md(out, "DiXtill on TFNS: spread over student seeds", lines, info=common.machine_info(),
+                            time=common.now())
     out.with_suffix(".json").write_text(json.dumps({"seeds": seeds, "table": table, "orderings": order,
                                                     "teacher": teacher}, indent=2))
     print("\n".join(lines))

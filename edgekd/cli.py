@@ -37,9 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
-            # a device with only edgekd[runtime] has no torch: the commands that need it are
-            # left out and the torch-free ones (predict, bench, compare) still work
-            if (exc.name or "").split(".")[0] == "edgekd":
+            # a device with only edgekd-runtime installed has neither torch nor the SDK's modules:
+            # the commands that need them are left out and the torch-free ones (predict, bench,
+            # compare) still work. A missing edgekd module that is not the command module itself
+            # (or a package above it) is a bug and is raised.
+            missing = exc.name or ""
+            if missing.split(".")[0] == "edgekd" and not _is_self_or_parent(missing, mod):
                 raise
             continue
         module.register(sub)
@@ -109,6 +112,11 @@ def _printing_deprecations(func):
             return func(args)
 
     return run
+
+
+def _is_self_or_parent(missing: str, module: str) -> bool:
+    """``missing`` (a ModuleNotFoundError's name) is ``module`` or a package above it: not installed."""
+    return module == missing or module.startswith(missing + ".")
 
 
 if __name__ == "__main__":  # pragma: no cover

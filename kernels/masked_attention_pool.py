@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgekd.kernels.utils import next_power_of_2
+from edgekd.kernels.utils import calculate_settings
 
 _MAX_D = 2048
 
@@ -151,10 +151,9 @@ def _map_bwd_kernel(
 
 
 def _blocks(T: int, D: int, A: int) -> Tuple[int, int, int, int]:
-    block_d = max(16, next_power_of_2(D))
-    block_t = 16 if block_d > 256 else 32
-    block_a = 32 if block_d <= 256 else 16
-    num_warps = 4 if block_d <= 256 else 8
+    block_d = calculate_settings(D, min_block=16)[0]
+    block_t = block_a = 16 if block_d > 256 else 32
+    _, num_warps = calculate_settings(D, min_block=16, tile=block_t)  # a (BLOCK_T, BLOCK_D) tile of states
     return block_t, block_d, block_a, num_warps
 
 
@@ -168,7 +167,7 @@ def forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernels: returns ``(context, attention_logits, attention, u)``."""
     if not supported(states):
-        from edgekd.ops.masked_attention_pool import reference_forward
+        from edgekd.ops.masked_attention_pool import masked_attention_pool_reference_forward as reference_forward
 
         return tuple(t.contiguous() for t in reference_forward(states, mask, W, v))
     states, W, v = states.contiguous(), W.contiguous(), v.contiguous()
@@ -186,8 +185,8 @@ def forward(
         states, m8, W, v, ctx, logits, u, ml, T, D, A,
         BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_A=block_a, num_warps=num_warps,
     )
-    bt2 = min(1024, max(16, next_power_of_2(T)))
-    _map_normalize_kernel[(B, triton.cdiv(T, bt2))](logits, m8, ml, attn, T, BLOCK_T=bt2)
+    bt2, warps2 = calculate_settings(T, min_block=16, max_block=1024)
+    _map_normalize_kernel[(B, triton.cdiv(T, bt2))](logits, m8, ml, attn, T, BLOCK_T=bt2, num_warps=warps2)
     dt = states.dtype
     return ctx.to(dt), logits.to(dt), attn.to(dt), u.to(dt)
 
@@ -206,7 +205,7 @@ def backward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernel: returns ``(grad_states, grad_W, grad_v)``."""
     if not supported(states):
-        from edgekd.ops.masked_attention_pool import reference_backward
+        from edgekd.ops.masked_attention_pool import masked_attention_pool_reference_backward as reference_backward
 
         return tuple(
             t.contiguous()

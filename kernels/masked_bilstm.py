@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgekd.kernels.utils import next_power_of_2
+from edgekd.kernels.utils import calculate_settings
 
 #: Largest hidden size the recurrence kernels support (h, c and a W_hh tile per program).
 MAX_HIDDEN = 128
@@ -200,10 +200,11 @@ def _check_supported(x: torch.Tensor, H: int) -> None:
 
 
 def _launch_params(H: int) -> tuple[int, bool, int]:
-    block_h = max(16, next_power_of_2(H))
-    w_in_regs = block_h <= 64
-    num_warps = 4 if block_h <= 32 else 8  # H = 64: 4 x 64 x 64 fp32 W_hh over 256 threads
-    return block_h, w_in_regs, num_warps
+    # one program holds the 4 gates' (BLOCK_H, BLOCK_H) tiles of W_hh: H = 64 puts 4 x 64 x 64
+    # fp32 over 8 warps (256 threads)
+    block_h = calculate_settings(H, min_block=16)[0]
+    _, num_warps = calculate_settings(H, min_block=16, tile=4 * block_h)
+    return block_h, block_h <= 64, num_warps
 
 
 def masked_bilstm_forward(

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgekd.kernels.utils import next_power_of_2
+from edgekd.kernels.utils import calculate_settings
 
 MAX_N = 65536
 
@@ -243,10 +243,6 @@ def _grad_x_kernel(
 # host launchers
 
 
-def _block_d(D: int) -> int:
-    return min(128, next_power_of_2(D))
-
-
 def select_indices(
     scores: torch.Tensor,
     noise: torch.Tensor,
@@ -264,7 +260,7 @@ def select_indices(
     indices = torch.empty((B, S, k), dtype=torch.int64, device=scores.device)
     sigma_t = torch.tensor([sigma], dtype=scores.dtype, device=scores.device)
     mask_arg = mask.contiguous().to(torch.int8) if mask is not None else scores
-    block_n = next_power_of_2(N)
+    block_n, num_warps = calculate_settings(N)
     _select_kernel[(B * S,)](
         scores,
         noise,
@@ -278,7 +274,7 @@ def select_indices(
         IS_FP64=scores.dtype == torch.float64,
         KEY_BITS=63 if scores.dtype == torch.float64 else 31,
         BLOCK_N=block_n,
-        num_warps=4 if block_n <= 4096 else 8,
+        num_warps=num_warps,
     )
     return indices
 
@@ -302,11 +298,11 @@ def gather_forward(
     B, N, D = x.shape
     S = noise.shape[1]
     out = torch.empty((B, k, D), dtype=x.dtype, device=x.device)
-    block_k = min(32, next_power_of_2(k))
-    block_d = _block_d(D)
+    block_d, _ = calculate_settings(D, max_block=128)
+    block_k, num_warps = calculate_settings(k, max_block=32, tile=block_d)
     grid = (B, triton.cdiv(k, block_k), triton.cdiv(D, block_d))
     _gather_fwd_kernel[grid](
-        x, indices, out, N, S, k, D, _inv(S, x.dtype), BLOCK_K=block_k, BLOCK_D=block_d
+        x, indices, out, N, S, k, D, _inv(S, x.dtype), BLOCK_K=block_k, BLOCK_D=block_d, num_warps=num_warps
     )
     return out, indices
 
@@ -323,17 +319,17 @@ def indicators_forward(
     B, N = scores.shape
     S = noise.shape[1]
     counts = torch.zeros((B, k, N), dtype=scores.dtype, device=scores.device)
-    block_k = min(64, next_power_of_2(k))
-    _indicators_fwd_kernel[(B, triton.cdiv(k, block_k))](indices, counts, N, S, k, BLOCK_K=block_k)
+    block_k, num_warps = calculate_settings(k, max_block=64)
+    _indicators_fwd_kernel[(B, triton.cdiv(k, block_k))](indices, counts, N, S, k, BLOCK_K=block_k, num_warps=num_warps)
     return counts.mul_(_inv(S, scores.dtype)), indices
 
 
 def _scores_grad(w: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
     B, S, N = noise.shape
     out = torch.empty((B, N), dtype=noise.dtype, device=noise.device)
-    block_n = min(1024, next_power_of_2(N))
+    block_n, num_warps = calculate_settings(N, max_block=1024)
     _scores_grad_kernel[(B, triton.cdiv(N, block_n))](
-        w, noise, out, N, S, 1.0 / (S * sigma), BLOCK_N=block_n
+        w, noise, out, N, S, 1.0 / (S * sigma), BLOCK_N=block_n, num_warps=num_warps
     )
     return out
 
@@ -353,10 +349,10 @@ def gather_backward(
     B, N, D = x.shape
     S, k = indices.shape[1], indices.shape[2]
     w = torch.empty((B, S), dtype=x.dtype, device=x.device)
-    block_k = min(32, next_power_of_2(k))
-    block_d = _block_d(D)
+    block_d, _ = calculate_settings(D, max_block=128)
+    block_k, num_warps = calculate_settings(k, max_block=32, tile=block_d)
     _gather_bwd_w_kernel[(B * S,)](
-        grad_out, x, indices, w, N, S, k, D, BLOCK_K=block_k, BLOCK_D=block_d
+        grad_out, x, indices, w, N, S, k, D, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=num_warps
     )
     grad_scores = _scores_grad(w, noise, sigma)
     # rank of each position in each sample, -1 when not selected
@@ -364,10 +360,10 @@ def gather_backward(
     ranks = torch.arange(k, dtype=torch.int32, device=x.device).expand(B, S, k)
     rank.scatter_(2, indices, ranks)
     grad_x = torch.empty_like(x)
-    block_n = 32
+    block_n, num_warps = calculate_settings(32, tile=block_d)  # 32 positions per program
     grid = (B, triton.cdiv(N, block_n), triton.cdiv(D, block_d))
     _grad_x_kernel[grid](
-        grad_out, rank, grad_x, N, S, k, D, _inv(S, x.dtype), BLOCK_N=block_n, BLOCK_D=block_d
+        grad_out, rank, grad_x, N, S, k, D, _inv(S, x.dtype), BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps
     )
     return grad_scores, grad_x
 
@@ -385,6 +381,6 @@ def indicators_backward(
     B, S, N = noise.shape
     k = indices.shape[2]
     w = torch.empty((B, S), dtype=noise.dtype, device=noise.device)
-    block_k = min(256, next_power_of_2(k))
-    _indicators_bwd_w_kernel[(B * S,)](grad, indices, w, N, S, k, BLOCK_K=block_k)
+    block_k, num_warps = calculate_settings(k, max_block=256)
+    _indicators_bwd_w_kernel[(B * S,)](grad, indices, w, N, S, k, BLOCK_K=block_k, num_warps=num_warps)
     return _scores_grad(w, noise, sigma)

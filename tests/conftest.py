@@ -12,9 +12,10 @@ if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pathlib
-import string
 
 import pytest
+
+from factories import make_tiny_bert
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
@@ -46,50 +47,6 @@ def tfns_small(tfns_dir):
     return tr, va
 
 
-def make_tiny_bert(path, texts, num_labels: int = 3, seed: int = 0, hidden: int = 16, layers: int = 2):
-    """A random 2-layer BERT sequence classifier with a WordPiece vocabulary built from ``texts``
-    (whole words seen twice or more, plus single characters and their ## forms), saved in ``path``."""
-    import collections
-    import re
-
-    import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    words = collections.Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
-    vocab += sorted(w for w, c in words.items() if c >= 2 and len(w) > 1)
-    path.mkdir(parents=True, exist_ok=True)
-    wp = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    wp.decoder = decoders.WordPiece()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=128,
-        num_labels=num_labels,
-        id2label={0: "bearish", 1: "bullish", 2: "neutral"},
-        label2id={"bearish": 0, "bullish": 1, "neutral": 2},
-    )
-    model = BertForSequenceClassification(cfg).eval()
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tfns_small):
     tr, _ = tfns_small
@@ -117,9 +74,9 @@ def shared_data() -> pathlib.Path:
 
 # ------------------------------------------------------------------ compiled bundles (compile + runtime tests)
 # a tiny word tokenizer, a tiny student in the student's on-disk format, a tiny BERT teacher, and
-# their compiled bundles, built once per session (helpers: tests/compile_helpers.py)
-from compile_helpers import (LABEL_NAMES, LABELS, TEXTS, make_tiny_teacher, make_word_tokenizer,  # noqa: E402,F401
-                             save_random_student)
+# their compiled bundles, built once per session (helpers: tests/factories.py)
+from factories import (LABEL_NAMES, LABELS, TEXTS, make_tiny_teacher, make_word_tokenizer,  # noqa: E402,F401
+                       save_random_student)
 
 
 @pytest.fixture(scope="session")

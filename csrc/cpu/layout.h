@@ -1,6 +1,6 @@
 // Small layout helpers shared by the CPU kernels: rounding to the matvec register block, the
-// zero-padded transpose the register-blocked matvecs read, and the one-pass check of a student
-// batch (ids in range, a post-padded 0/1 mask with >= 1 token per row).
+// zero-padded transpose the register-blocked matvecs read, and the one-pass check of a batch of
+// the BiLSTM-attention ops (ids in range, a post-padded 0/1 mask with >= 1 token per row).
 #pragma once
 
 #include <algorithm>

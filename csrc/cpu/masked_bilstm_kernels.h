@@ -1,4 +1,4 @@
-// Inner loops of the masked BiLSTM CPU kernels (included by masked_bilstm.cpp and student_forward.cpp).
+// Inner loops of the masked BiLSTM CPU kernels (included by masked_bilstm.cpp and bilstm_attention.cpp).
 //
 // Deliberately without an include guard: each including file includes it twice, once inside
 // `namespace isa_avx2` under `#pragma GCC target("avx2,fma")` and once inside `namespace isa_base`

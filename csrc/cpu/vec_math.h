@@ -1,5 +1,5 @@
 // Branch-free float math shared by the CPU kernels (masked BiLSTM, attention pooling, the fused
-// student forward).
+// bilstm_attention forward).
 //
 // Deliberately without an include guard: each kernel file includes it (directly or through its
 // *_kernels.h) twice, once inside `namespace isa_avx2` under `#pragma GCC target("avx2,fma")` and

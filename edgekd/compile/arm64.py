@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgekd.metrics import macro_f1
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product
 from edgekd.runtime.emulation import EmulationError, arm64_available, run_probe_arm64
 from edgekd.runtime.model import Bundle
-from edgekd.runtime.preprocess import macro_f1
 
 __all__ = ["arm64_available", "check_arm64_bundle"]
 

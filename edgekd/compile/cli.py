@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-data", help="CSV/JSONL/text file whose texts calibrate static int8 (training "
                                               "texts; default: the --eval-data slice)")
     p.add_argument("--no-zip", action="store_true")
+    p.add_argument("--ort", action="store_true",
+                   help="also write ORT-format (.ort) copies and required-operators configs (ONNX Runtime Mobile)")
     p.add_argument("--overwrite", action="store_true")
     cliflags.add_old_spellings(p)
     p.set_defaults(func=_compile)
@@ -70,6 +72,6 @@ def _compile(args: argparse.Namespace) -> int:
                         precisions=tuple(p for p in args.precisions.split(",") if p), opset=args.opset,
                         name=args.name, arm64_check=not args.no_arm64_check and "auto",
                         make_zip=not args.no_zip, overwrite=args.overwrite, int8_scheme=args.int8_scheme,
-                        calibration_texts=calib)
+                        calibration_texts=calib, ort_format=args.ort)
     print(out)
     return 0

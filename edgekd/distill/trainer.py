@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +23,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edgekd.distill.checkpoint import load_optimizer, rng_state, save_optimizer, set_rng_state
 from edgekd.distill.config import TrainConfig  # defined once there, with the other settings (re-exported)
 from edgekd.distill.losses import distillation_loss
-from edgekd.distill.metrics import classification_metrics
 from edgekd.errors import EdgekdValueError
+from edgekd.metrics import classification_metrics
+from edgekd.training import load_optimizer, rng_state, save_optimizer, seed_everything, set_rng_state
 
 
 @dataclass
@@ -108,12 +107,6 @@ class TrainResult:
     best_dir: str = ""
     seconds: float = 0.0
     resumed_from: int = 0
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -216,7 +209,7 @@ def train_student(
     bad = 0
     done = False
 
-    _seed_all(cfg.seed)
+    seed_everything(cfg.seed)
     opt = _make_optimizer(cfg, student.parameters())
     state_file = last_dir / "trainer_state.json"
     if resume and state_file.is_file():

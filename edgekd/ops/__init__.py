@@ -1,12 +1,15 @@
 """Custom ops of edgekd, registered with ``torch.library`` in the ``edgekd`` namespace.
 
 Order matters: the native extension is loaded first (its C++ kernels register themselves for the
-CPU), then each op module defines its schema, fake kernel, CUDA (Triton) kernel, autograd and,
-only when the extension is missing, the pure-PyTorch CPU fallback.
+CPU), then each op module ``edgekd/ops/<op>.py`` defines, in the same sections in every module:
+schema, fake kernel, CPU fallback (only when the extension is missing), CUDA (Triton), autograd,
+public function, reference, input checks. CUDA tensors without Triton raise
+:class:`MissingTritonError` (``pip install edgekd[gpu]``).
 """
 from edgekd._ext import has_extension  # noqa: F401  (loads edgekd._C first)
+from edgekd.ops._common import MissingTritonError  # noqa: E402
 
-__all__ = ["has_extension"]
+__all__ = ["has_extension", "MissingTritonError"]
 
 from edgekd.ops.perturbed_topk import (  # noqa: E402
     perturbed_topk_gather,

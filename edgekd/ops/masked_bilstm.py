@@ -7,19 +7,17 @@ padding. It returns exactly what ``torch.nn.LSTM`` returns on
 ``pad_packed_sequence(..., total_length=T)``: ``(output (B, T, 2H) zero at t >= len, h_n (2, B, H),
 c_n (2, B, H))``, with zero initial states.
 
-Pieces, all in this module:
+Low-level ops: ``edgekd::masked_bilstm`` / ``edgekd::masked_bilstm_backward``. The forward also
+returns what the backward needs, ``gates`` (2, capacity, 4H: activated i, f, g, o) and ``cells``
+(2, capacity, H: c_t), in *compact rows*: the valid timesteps of all sequences one after the other,
+row ``off[b] + t`` with ``off`` the exclusive prefix sum of ``lengths`` (rows past ``sum(lengths)``
+up to ``capacity`` are zero). Eager calls use ``capacity = sum(lengths)``; under ``torch.compile``
+the public function passes ``B * T`` (a static bound) so no data-dependent shape appears.
+Kernels: C++ on the CPU (``csrc/cpu/masked_bilstm.cpp``), Triton on CUDA
+(``kernels/masked_bilstm.py``), the reference as the CPU fallback when ``edgekd._C`` is missing.
 
-- :func:`masked_bilstm_reference`: the oracle (packed ``torch._VF.lstm``, differentiable by autograd).
-- ``edgekd::masked_bilstm`` / ``edgekd::masked_bilstm_backward``: the custom ops. The forward also
-  returns what the backward needs, ``gates`` (2, capacity, 4H: activated i, f, g, o) and ``cells``
-  (2, capacity, H: c_t), in *compact rows*: the valid timesteps of all sequences one after the other,
-  row ``off[b] + t`` with ``off`` the exclusive prefix sum of ``lengths`` (rows past ``sum(lengths)``
-  up to ``capacity`` are zero). Eager calls use ``capacity = sum(lengths)``; under ``torch.compile``
-  the public function passes ``B * T`` (a static bound) so no data-dependent shape appears.
-- kernels: C++ on the CPU (``csrc/cpu/masked_bilstm.cpp``, registered by ``edgekd._C``), Triton on
-  CUDA (``kernels/masked_bilstm.py``), and, only when ``edgekd._C`` is missing, a pure-PyTorch CPU
-  fallback built on the reference (with a one-time warning).
-- :func:`masked_bilstm` (public, validates its inputs) and :func:`masked_bilstm_module`.
+Sections (the same in every op module, see STYLE.md): schema, fake kernel, CPU fallback, CUDA
+(Triton), autograd, public function, reference, input checks.
 """
 from __future__ import annotations
 
@@ -31,11 +29,16 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from edgekd._ext import has_extension, warn_fallback
 from edgekd.errors import EdgekdValueError
+from edgekd.ops._common import triton_kernels
 
 __all__ = [
     "masked_bilstm",
     "masked_bilstm_module",
+    "lstm_weights",
     "masked_bilstm_reference",
+    "masked_bilstm_reference_forward",
+    "masked_bilstm_reference_backward",
+    "check_masked_bilstm_inputs",
     "WEIGHT_NAMES",
 ]
 
@@ -50,28 +53,202 @@ WEIGHT_NAMES = (
     "bias_ih_l0_reverse",
     "bias_hh_l0_reverse",
 )
+_WEIGHT_NAMES_LIST = list(WEIGHT_NAMES)
 
 _FWD = "edgekd::masked_bilstm"
 _BWD = "edgekd::masked_bilstm_backward"
 
-_lib = torch.library.Library("edgekd", "FRAGMENT")  # noqa: TOR901  (kept alive for the module's lifetime)
-_lib.define(
-    "masked_bilstm(Tensor x, Tensor lengths, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, "
-    "Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor b_ih_reverse, Tensor b_hh_reverse, SymInt capacity) "
-    "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)"
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+torch.library.define(
+    _FWD,
+    "(Tensor x, Tensor lengths, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor w_ih_reverse, "
+    "Tensor w_hh_reverse, Tensor b_ih_reverse, Tensor b_hh_reverse, SymInt capacity) "
+    "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)",
 )
-_lib.define(
-    "masked_bilstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor lengths, "
-    "Tensor w_ih, Tensor w_hh, Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor output, Tensor gates, "
-    "Tensor cells) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
-    "Tensor grad_w_ih_reverse, Tensor grad_w_hh_reverse, Tensor grad_b_ih_reverse, Tensor grad_b_hh_reverse)"
+torch.library.define(
+    _BWD,
+    "(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor lengths, Tensor w_ih, Tensor w_hh, "
+    "Tensor w_ih_reverse, Tensor w_hh_reverse, Tensor output, Tensor gates, Tensor cells) -> (Tensor grad_x, "
+    "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_ih_reverse, "
+    "Tensor grad_w_hh_reverse, Tensor grad_b_ih_reverse, Tensor grad_b_hh_reverse)",
 )
 
 
-# -------------------------------------------------------------------------------------------------
-# reference
+# --------------------------------------------------------------------------------------------
+# Fake kernel
+# --------------------------------------------------------------------------------------------
+@torch.library.register_fake(_FWD)
+def _forward_fake(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
+    B, T, _ = x.shape
+    H = w_hh.shape[1]
+    return (
+        x.new_empty(B, T, 2 * H),
+        x.new_empty(2, B, H),
+        x.new_empty(2, B, H),
+        x.new_empty(2, capacity, 4 * H),
+        x.new_empty(2, capacity, H),
+    )
 
 
+@torch.library.register_fake(_BWD)
+def _backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        w_hh.new_empty(w_hh.shape[0]),
+        w_hh.new_empty(w_hh.shape[0]),
+        torch.empty_like(w_ih_r),
+        torch.empty_like(w_hh_r),
+        w_hh_r.new_empty(w_hh_r.shape[0]),
+        w_hh_r.new_empty(w_hh_r.shape[0]),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CPU fallback (only when edgekd._C is missing)
+# --------------------------------------------------------------------------------------------
+if not has_extension():
+
+    @torch.library.register_kernel(_FWD, "cpu")
+    def _forward_cpu_fallback(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
+        warn_fallback("masked_bilstm")
+        return masked_bilstm_reference_forward(
+            x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity
+        )
+
+    @torch.library.register_kernel(_BWD, "cpu")
+    def _backward_cpu_fallback(
+        grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells
+    ):
+        warn_fallback("masked_bilstm")
+        return masked_bilstm_reference_backward(
+            grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (Triton)
+# --------------------------------------------------------------------------------------------
+@torch.library.register_kernel(_FWD, "cuda")
+def _forward_cuda(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
+    kernels = triton_kernels("masked_bilstm", "masked_bilstm")
+    return kernels.masked_bilstm_forward(x, lengths, (w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r), capacity)
+
+
+@torch.library.register_kernel(_BWD, "cuda")
+def _backward_cuda(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells):
+    kernels = triton_kernels("masked_bilstm", "masked_bilstm_backward")
+    return kernels.masked_bilstm_backward(
+        grad_output, grad_h_n, grad_c_n, x, lengths, (w_ih, w_hh, w_ih_r, w_hh_r), output, gates, cells
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output) -> None:
+    x, lengths, w_ih, w_hh, _b_ih, _b_hh, w_ih_r, w_hh_r, _b_ih_r, _b_hh_r, _capacity = inputs
+    out, _h_n, _c_n, gates, cells = output
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.save_for_backward(x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, out, gates, cells)
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+    x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, out, gates, cells = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_h_n is None:
+        grad_h_n = out.new_zeros(2, x.shape[0], w_hh.shape[1])
+    if grad_c_n is None:
+        grad_c_n = out.new_zeros(2, x.shape[0], w_hh.shape[1])
+    grads = torch.ops.edgekd.masked_bilstm_backward(
+        grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, out, gates, cells
+    )
+    gx, *gw = grads
+    return (gx, None, *gw, None)
+
+
+torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------------
+def masked_bilstm(
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    *,
+    validate: bool = True,
+    num_valid: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bidirectional single-layer LSTM over the valid timesteps of each sequence.
+
+    Args:
+        x: (B, T, E) float32 or float64 inputs, batch first.
+        lengths: (B,) int64 valid lengths, ``1 <= lengths[b] <= T``, on the CPU or on x's device.
+        weights: the 8 ``torch.nn.LSTM`` tensors (bidirectional, one layer) in :data:`WEIGHT_NAMES`
+            order, gate order i, f, g, o: ``weight_ih (4H, E), weight_hh (4H, H), bias_ih (4H,),
+            bias_hh (4H,)`` then the same for the reverse direction.
+        validate: check the inputs (also their values: lengths, NaN) and raise
+            :class:`~edgekd.errors.EdgekdValueError` on bad input. Callers that have already
+            validated (e.g. the student model, with ``lengths`` on x's device) pass ``False``.
+        num_valid: ``sum(lengths)`` when the caller knows it (saves reading ``lengths``).
+
+    Returns:
+        ``(output, h_n, c_n)``: output (B, T, 2H) with zeros at ``t >= lengths[b]`` (forward
+        states in ``[..., :H]``, reverse in ``[..., H:]``), h_n and c_n (2, B, H): the final states
+        (forward at ``t = len - 1``, reverse at ``t = 0``). Same as ``nn.LSTM`` on a packed input.
+        Differentiable in x and all weights.
+
+    Raises:
+        EdgekdValueError: on a bad shape, dtype, device, length (0 or > T) or non-finite x.
+    """
+    if validate:
+        lengths, w, capacity = check_masked_bilstm_inputs(x, lengths, weights)
+    else:
+        w = list(weights)
+        if num_valid is not None and not torch.compiler.is_compiling():
+            capacity = int(num_valid)
+        else:  # B*T bounds sum(lengths) without reading it (torch.compile)
+            capacity = x.shape[0] * x.shape[1] if torch.compiler.is_compiling() else int(lengths.sum())
+    out, h_n, c_n, _gates, _cells = torch.ops.edgekd.masked_bilstm(x, lengths, *w, capacity)
+    return out, h_n, c_n
+
+
+def masked_bilstm_module(
+    x: torch.Tensor, lengths: torch.Tensor, lstm: torch.nn.LSTM
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`masked_bilstm` with the weights of ``lstm`` (bidirectional, one layer, with biases)."""
+    if not isinstance(lstm, torch.nn.LSTM):
+        raise EdgekdValueError(f"masked_bilstm_module: lstm must be a torch.nn.LSTM, got {type(lstm).__name__}")
+    if not (lstm.bidirectional and lstm.num_layers == 1 and lstm.bias and lstm.batch_first and lstm.proj_size == 0):
+        raise EdgekdValueError(
+            "masked_bilstm_module: lstm must be nn.LSTM(bidirectional=True, num_layers=1, bias=True, "
+            f"batch_first=True, proj_size=0), got {lstm}"
+        )
+    return masked_bilstm(x, lengths, [getattr(lstm, name) for name in WEIGHT_NAMES])
+
+
+def lstm_weights(lstm: torch.nn.LSTM) -> list[torch.Tensor]:
+    """The 8 tensors of a bidirectional one-layer ``nn.LSTM`` in :data:`WEIGHT_NAMES` order.
+
+    ``nn.LSTM`` keeps this list in sync with its parameters (also when one is re-assigned); reading
+    it costs one attribute lookup instead of eight ``nn.Module.__getattr__`` calls, which matters at
+    batch 1. Falls back to the names when the layout is not the expected one, or when tracing.
+    """
+    if getattr(lstm, "_flat_weights_names", None) == _WEIGHT_NAMES_LIST and not torch.compiler.is_compiling():
+        return lstm._flat_weights
+    return [getattr(lstm, name) for name in WEIGHT_NAMES]
+
+
+# --------------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------------
 def masked_bilstm_reference(
     x: torch.Tensor, lengths: torch.Tensor, weights: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,7 +290,7 @@ def _previous_hidden(out_half: torch.Tensor, direction: int) -> torch.Tensor:
     return torch.cat([out_half[:, 1:], pad], dim=1)
 
 
-def _reference_forward_with_saved(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
+def masked_bilstm_reference_forward(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
     """The op's forward in plain PyTorch: the reference outputs plus the compact gates and cells.
 
     Gates follow from the reference outputs in one batched GEMM per direction (a_t = x_t W_ih^T +
@@ -149,7 +326,7 @@ def _to_compact(rows: torch.Tensor, capacity: int) -> torch.Tensor:
     return torch.cat([rows, rows.new_zeros(capacity - rows.shape[0], *rows.shape[1:])])
 
 
-def _reference_backward(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells):
+def masked_bilstm_reference_backward(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells):
     """Backward through time in plain PyTorch, vectorized over the batch with masks.
 
     The same maths as the C++ and Triton kernels: per step, with dh = dh_rec + grad_output and
@@ -204,105 +381,15 @@ def _reference_backward(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh,
     return (dxs[0] + dxs[1], *grads)
 
 
-# -------------------------------------------------------------------------------------------------
-# registration: fake kernels, CPU fallback, CUDA (Triton), autograd
+# the private names of these references before all ops followed one naming scheme
+_reference_forward_with_saved = masked_bilstm_reference_forward
+_reference_backward = masked_bilstm_reference_backward
 
 
-@torch.library.register_fake(_FWD)
-def _forward_fake(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
-    B, T, _ = x.shape
-    H = w_hh.shape[1]
-    return (
-        x.new_empty(B, T, 2 * H),
-        x.new_empty(2, B, H),
-        x.new_empty(2, B, H),
-        x.new_empty(2, capacity, 4 * H),
-        x.new_empty(2, capacity, H),
-    )
-
-
-@torch.library.register_fake(_BWD)
-def _backward_fake(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells):
-    return (
-        torch.empty_like(x),
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
-        w_hh.new_empty(w_hh.shape[0]),
-        w_hh.new_empty(w_hh.shape[0]),
-        torch.empty_like(w_ih_r),
-        torch.empty_like(w_hh_r),
-        w_hh_r.new_empty(w_hh_r.shape[0]),
-        w_hh_r.new_empty(w_hh_r.shape[0]),
-    )
-
-
-if not has_extension():
-
-    @torch.library.register_kernel(_FWD, "cpu")
-    def _forward_cpu_fallback(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
-        warn_fallback("masked_bilstm")
-        return _reference_forward_with_saved(
-            x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity
-        )
-
-    @torch.library.register_kernel(_BWD, "cpu")
-    def _backward_cpu_fallback(
-        grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells
-    ):
-        warn_fallback("masked_bilstm")
-        return _reference_backward(
-            grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells
-        )
-
-
-@torch.library.register_kernel(_FWD, "cuda")
-def _forward_cuda(x, lengths, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, capacity):
-    from edgekd.kernels import masked_bilstm as kern
-
-    return kern.masked_bilstm_forward(
-        x, lengths, (w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r), capacity
-    )
-
-
-@torch.library.register_kernel(_BWD, "cuda")
-def _backward_cuda(grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, output, gates, cells):
-    from edgekd.kernels import masked_bilstm as kern
-
-    return kern.masked_bilstm_backward(
-        grad_output, grad_h_n, grad_c_n, x, lengths, (w_ih, w_hh, w_ih_r, w_hh_r), output, gates, cells
-    )
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    x, lengths, w_ih, w_hh, _b_ih, _b_hh, w_ih_r, w_hh_r, _b_ih_r, _b_hh_r, _capacity = inputs
-    out, _h_n, _c_n, gates, cells = output
-    ctx.mark_non_differentiable(gates, cells)
-    ctx.save_for_backward(x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, out, gates, cells)
-
-
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
-    x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, out, gates, cells = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = torch.zeros_like(out)
-    if grad_h_n is None:
-        grad_h_n = out.new_zeros(2, x.shape[0], w_hh.shape[1])
-    if grad_c_n is None:
-        grad_c_n = out.new_zeros(2, x.shape[0], w_hh.shape[1])
-    grads = torch.ops.edgekd.masked_bilstm_backward(
-        grad_output, grad_h_n, grad_c_n, x, lengths, w_ih, w_hh, w_ih_r, w_hh_r, out, gates, cells
-    )
-    gx, *gw = grads
-    return (gx, None, *gw, None)
-
-
-torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
-
-
-# -------------------------------------------------------------------------------------------------
-# public functions
-
-
-def _check_inputs(x, lengths, weights) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+def check_masked_bilstm_inputs(x, lengths, weights) -> tuple[torch.Tensor, list[torch.Tensor], int]:
     """Validate the public arguments; returns (lengths on x's device, weights, capacity)."""
     if not isinstance(x, torch.Tensor):
         raise EdgekdValueError(f"masked_bilstm: x must be a torch.Tensor, got {type(x).__name__}")
@@ -375,43 +462,3 @@ def _check_inputs(x, lengths, weights) -> tuple[torch.Tensor, list[torch.Tensor]
     if lengths.device != x.device:
         lengths = lengths.to(x.device)
     return lengths, weights, int(total)
-
-
-def masked_bilstm(
-    x: torch.Tensor, lengths: torch.Tensor, weights: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bidirectional single-layer LSTM over the valid timesteps of each sequence.
-
-    Args:
-        x: (B, T, E) float32 or float64 inputs, batch first.
-        lengths: (B,) int64 valid lengths, ``1 <= lengths[b] <= T``, on the CPU or on x's device.
-        weights: the 8 ``torch.nn.LSTM`` tensors (bidirectional, one layer) in :data:`WEIGHT_NAMES`
-            order, gate order i, f, g, o: ``weight_ih (4H, E), weight_hh (4H, H), bias_ih (4H,),
-            bias_hh (4H,)`` then the same for the reverse direction.
-
-    Returns:
-        ``(output, h_n, c_n)``: output (B, T, 2H) with zeros at ``t >= lengths[b]`` (forward
-        states in ``[..., :H]``, reverse in ``[..., H:]``), h_n and c_n (2, B, H): the final states
-        (forward at ``t = len - 1``, reverse at ``t = 0``). Same as ``nn.LSTM`` on a packed input.
-        Differentiable in x and all weights.
-
-    Raises:
-        EdgekdValueError: on a bad shape, dtype, device, length (0 or > T) or non-finite x.
-    """
-    lengths, w, capacity = _check_inputs(x, lengths, weights)
-    out, h_n, c_n, _gates, _cells = torch.ops.edgekd.masked_bilstm(x, lengths, *w, capacity)
-    return out, h_n, c_n
-
-
-def masked_bilstm_module(
-    x: torch.Tensor, lengths: torch.Tensor, lstm: torch.nn.LSTM
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`masked_bilstm` with the weights of ``lstm`` (bidirectional, one layer, with biases)."""
-    if not isinstance(lstm, torch.nn.LSTM):
-        raise EdgekdValueError(f"masked_bilstm_module: lstm must be a torch.nn.LSTM, got {type(lstm).__name__}")
-    if not (lstm.bidirectional and lstm.num_layers == 1 and lstm.bias and lstm.batch_first and lstm.proj_size == 0):
-        raise EdgekdValueError(
-            "masked_bilstm_module: lstm must be nn.LSTM(bidirectional=True, num_layers=1, bias=True, "
-            f"batch_first=True, proj_size=0), got {lstm}"
-        )
-    return masked_bilstm(x, lengths, [getattr(lstm, name) for name in WEIGHT_NAMES])

@@ -41,8 +41,13 @@ given ``generator``:
 ``edgekd::perturbed_topk_indicators_backward(grad, noise, indices, sigma) -> grad_scores``
 
 ``estimator="diagonal"`` reproduces the backward of the public perturbed top-k code, which keeps only
-the diagonal of the Jacobian (see :func:`diagonal_indicators`); it exists to compare against the
-exact estimator in token-pruning experiments.
+the diagonal of the Jacobian (:func:`edgekd.ops.perturbed_topk_diagonal.diagonal_indicators`); it
+exists to compare against the exact estimator in token-pruning experiments.
+
+Kernels: C++ on the CPU (``csrc/cpu/perturbed_topk.cpp``), Triton on CUDA
+(``kernels/perturbed_topk.py``), the reference as the CPU fallback when ``edgekd._C`` is missing.
+Sections (the same in every op module, see STYLE.md): schema, fake kernel, CPU fallback, CUDA
+(Triton), autograd, public function, reference, input checks.
 """
 from __future__ import annotations
 
@@ -54,137 +59,53 @@ import torch.nn.functional as F
 
 from edgekd._ext import has_extension, warn_fallback
 from edgekd.errors import EdgekdValueError
+from edgekd.ops import perturbed_topk_diagonal as _diagonal
+from edgekd.ops._common import tracing, triton_kernels
+from edgekd.ops.perturbed_topk_reference import (
+    _gather_rows,  # noqa: F401  (used by benchmarks/bench_topk.py as pt._gather_rows)
+    perturbed_topk_gather_reference_backward,
+    perturbed_topk_gather_reference_forward,
+    perturbed_topk_indicators_reference_backward,
+    perturbed_topk_indicators_reference_forward,
+    perturbed_topk_reference_select,
+)
 
 __all__ = [
     "perturbed_topk_indicators",
     "perturbed_topk_gather",
     "topk_indices",
     "diagonal_indicators",
-    "reference_select",
-    "reference_gather_forward",
-    "reference_gather_backward",
-    "reference_indicators_forward",
-    "reference_indicators_backward",
+    "perturbed_topk_reference_select",
+    "perturbed_topk_gather_reference_forward",
+    "perturbed_topk_gather_reference_backward",
+    "perturbed_topk_indicators_reference_forward",
+    "perturbed_topk_indicators_reference_backward",
+    "check_perturbed_topk_inputs",
 ]
 
 DEFAULT_NUM_SAMPLES = 100
 DEFAULT_SIGMA = 0.05
 _DTYPES = (torch.float32, torch.float64)
-
-# ================================================================================================
-# pure-PyTorch reference: the oracle of the tests and the fallback when edgekd._C is missing
-
-
-def reference_select(
-    scores: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None, k: int, sigma: float
-) -> torch.Tensor:
-    """(B, S, k) int64: sorted top-k positions of ``scores + sigma * noise`` for every sample.
-
-    A stable descending sort puts equal values in position order, so ties go to the lower position.
-    """
-    perturbed = scores.unsqueeze(1) + sigma * noise  # (B, S, N)
-    if mask is not None:
-        perturbed = perturbed.masked_fill(~mask.unsqueeze(1), float("-inf"))
-    order = torch.sort(perturbed, dim=-1, descending=True, stable=True).indices[..., :k]
-    return torch.sort(order, dim=-1).values
+_NO_X = object()  # check_perturbed_topk_inputs without x (the indicators form)
+diagonal_indicators = _diagonal.diagonal_indicators
+_GATHER = "edgekd::perturbed_topk_gather"
+_GATHER_BWD = "edgekd::perturbed_topk_gather_backward"
+_IND = "edgekd::perturbed_topk_indicators"
+_IND_BWD = "edgekd::perturbed_topk_indicators_backward"
 
 
-def _flat_rows(indices: torch.Tensor, N: int) -> torch.Tensor:
-    """indices (B, S, k) of positions in x[b] -> (B*S*k,) row numbers of x viewed as (B*N, D)."""
-    B = indices.shape[0]
-    return (indices + torch.arange(B, device=indices.device).view(B, 1, 1) * N).reshape(-1)
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+torch.library.define(_GATHER, "(Tensor scores, Tensor x, Tensor noise, Tensor? mask, int k, float sigma) -> (Tensor, Tensor)")
+torch.library.define(_GATHER_BWD, "(Tensor grad_out, Tensor x, Tensor noise, Tensor indices, float sigma) -> (Tensor, Tensor)")
+torch.library.define(_IND, "(Tensor scores, Tensor noise, Tensor? mask, int k, float sigma) -> (Tensor, Tensor)")
+torch.library.define(_IND_BWD, "(Tensor grad, Tensor noise, Tensor indices, float sigma) -> Tensor")
 
 
-def _gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D), indices (B, S, k) -> rows (B, S, k, D)."""
-    B, N, D = x.shape
-    return x.reshape(B * N, D).index_select(0, _flat_rows(indices, N)).view(*indices.shape, D)
-
-
-def reference_gather_forward(
-    scores: torch.Tensor,
-    x: torch.Tensor,
-    noise: torch.Tensor,
-    mask: torch.Tensor | None,
-    k: int,
-    sigma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused forward in plain PyTorch: ``(mean_s x[b, idx_s], indices)``."""
-    indices = reference_select(scores, noise, mask, k, sigma)
-    return _gather_rows(x, indices).mean(dim=1), indices
-
-
-def reference_gather_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    noise: torch.Tensor,
-    indices: torch.Tensor,
-    sigma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact estimator of the fused form: ``(grad_scores (B, N), grad_x (B, N, D))``."""
-    B, S, k = indices.shape
-    N, D = x.shape[1], x.shape[2]
-    rows = _gather_rows(x, indices)  # (B, S, k, D)
-    w = (rows.view(B, S, k * D) @ grad_out.reshape(B, k * D, 1)).squeeze(-1)  # <G, Y_s>: (B, S)
-    grad_scores = torch.einsum("bs,bsn->bn", w, noise) / (S * sigma)
-    # dL/dx: add dL/dout[b, i] / S to row idx_s(i) of x[b], one sample at a time (index_add_ over
-    # the (B*N, D) rows, vectorised over D)
-    grad_x = torch.zeros_like(x).view(B * N, D)
-    src = (grad_out / S).reshape(B * k, D)
-    for s in range(S):
-        grad_x.index_add_(0, _flat_rows(indices[:, s : s + 1], N), src)
-    grad_x = grad_x.view(B, N, D)
-    return grad_scores, grad_x
-
-
-def reference_indicators_forward(
-    scores: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None, k: int, sigma: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft indicators (B, k, N) = mean_s Y_s, and the indices (B, S, k)."""
-    indices = reference_select(scores, noise, mask, k, sigma)
-    B, S, _ = indices.shape
-    N = scores.shape[1]
-    counts = scores.new_zeros(B, k, N)
-    counts.scatter_add_(2, indices.transpose(1, 2), scores.new_ones(B, k, S))
-    return counts / S, indices
-
-
-def reference_indicators_backward(
-    grad: torch.Tensor, noise: torch.Tensor, indices: torch.Tensor, sigma: float
-) -> torch.Tensor:
-    """Exact estimator: grad_scores (B, N) = 1/(S sigma) sum_s <G, Y_s> Z_s."""
-    S = indices.shape[1]
-    w = grad.gather(2, indices.transpose(1, 2)).sum(dim=1)  # (B, S): <G, Y_s>
-    return torch.einsum("bs,bsn->bn", w, noise) / (S * sigma)
-
-
-# ================================================================================================
-# torch.library registration
-
-_LIB = "edgekd"
-_GATHER = f"{_LIB}::perturbed_topk_gather"
-_GATHER_BWD = f"{_LIB}::perturbed_topk_gather_backward"
-_IND = f"{_LIB}::perturbed_topk_indicators"
-_IND_BWD = f"{_LIB}::perturbed_topk_indicators_backward"
-
-torch.library.define(
-    _GATHER,
-    "(Tensor scores, Tensor x, Tensor noise, Tensor? mask, int k, float sigma) -> (Tensor, Tensor)",
-)
-torch.library.define(
-    _GATHER_BWD,
-    "(Tensor grad_out, Tensor x, Tensor noise, Tensor indices, float sigma) -> (Tensor, Tensor)",
-)
-torch.library.define(
-    _IND,
-    "(Tensor scores, Tensor noise, Tensor? mask, int k, float sigma) -> (Tensor, Tensor)",
-)
-torch.library.define(
-    _IND_BWD,
-    "(Tensor grad, Tensor noise, Tensor indices, float sigma) -> Tensor",
-)
-
-
+# --------------------------------------------------------------------------------------------
+# Fake kernel
+# --------------------------------------------------------------------------------------------
 @torch.library.register_fake(_GATHER)
 def _gather_fake(scores, x, noise, mask, k, sigma):
     B, S = noise.shape[0], noise.shape[1]
@@ -207,72 +128,58 @@ def _ind_bwd_fake(grad, noise, indices, sigma):
     return noise.new_empty(noise.shape[0], noise.shape[2])
 
 
-# --- CPU: the C++ kernels of edgekd._C register themselves; the reference only when _C is missing
+# --------------------------------------------------------------------------------------------
+# CPU fallback (only when edgekd._C is missing)
+# --------------------------------------------------------------------------------------------
 if not has_extension():
 
     @torch.library.register_kernel(_GATHER, "cpu")
     def _gather_cpu(scores, x, noise, mask, k, sigma):
         warn_fallback("perturbed_topk_gather")
-        return reference_gather_forward(scores, x, noise, mask, k, sigma)
+        return perturbed_topk_gather_reference_forward(scores, x, noise, mask, k, sigma)
 
     @torch.library.register_kernel(_GATHER_BWD, "cpu")
     def _gather_bwd_cpu(grad_out, x, noise, indices, sigma):
         warn_fallback("perturbed_topk_gather_backward")
-        return reference_gather_backward(grad_out, x, noise, indices, sigma)
+        return perturbed_topk_gather_reference_backward(grad_out, x, noise, indices, sigma)
 
     @torch.library.register_kernel(_IND, "cpu")
     def _ind_cpu(scores, noise, mask, k, sigma):
         warn_fallback("perturbed_topk_indicators")
-        return reference_indicators_forward(scores, noise, mask, k, sigma)
+        return perturbed_topk_indicators_reference_forward(scores, noise, mask, k, sigma)
 
     @torch.library.register_kernel(_IND_BWD, "cpu")
     def _ind_bwd_cpu(grad, noise, indices, sigma):
         warn_fallback("perturbed_topk_indicators_backward")
-        return reference_indicators_backward(grad, noise, indices, sigma)
+        return perturbed_topk_indicators_reference_backward(grad, noise, indices, sigma)
 
 
-# --- CUDA: the Triton kernels (reference when triton is not installed)
-def _triton_kernels():
-    try:
-        from edgekd.kernels import perturbed_topk as tk
-    except ImportError:
-        return None
-    return tk
-
-
+# --------------------------------------------------------------------------------------------
+# CUDA (Triton)
+# --------------------------------------------------------------------------------------------
 @torch.library.register_kernel(_GATHER, "cuda")
 def _gather_cuda(scores, x, noise, mask, k, sigma):
-    tk = _triton_kernels()
-    if tk is None:
-        return reference_gather_forward(scores, x, noise, mask, k, sigma)
-    return tk.gather_forward(scores, x, noise, mask, k, sigma)
+    return triton_kernels("perturbed_topk", "perturbed_topk_gather").gather_forward(scores, x, noise, mask, k, sigma)
 
 
 @torch.library.register_kernel(_GATHER_BWD, "cuda")
 def _gather_bwd_cuda(grad_out, x, noise, indices, sigma):
-    tk = _triton_kernels()
-    if tk is None:
-        return reference_gather_backward(grad_out, x, noise, indices, sigma)
-    return tk.gather_backward(grad_out, x, noise, indices, sigma)
+    return triton_kernels("perturbed_topk", "perturbed_topk_gather_backward").gather_backward(grad_out, x, noise, indices, sigma)
 
 
 @torch.library.register_kernel(_IND, "cuda")
 def _ind_cuda(scores, noise, mask, k, sigma):
-    tk = _triton_kernels()
-    if tk is None:
-        return reference_indicators_forward(scores, noise, mask, k, sigma)
-    return tk.indicators_forward(scores, noise, mask, k, sigma)
+    return triton_kernels("perturbed_topk", "perturbed_topk_indicators").indicators_forward(scores, noise, mask, k, sigma)
 
 
 @torch.library.register_kernel(_IND_BWD, "cuda")
 def _ind_bwd_cuda(grad, noise, indices, sigma):
-    tk = _triton_kernels()
-    if tk is None:
-        return reference_indicators_backward(grad, noise, indices, sigma)
-    return tk.indicators_backward(grad, noise, indices, sigma)
+    return triton_kernels("perturbed_topk", "perturbed_topk_indicators_backward").indicators_backward(grad, noise, indices, sigma)
 
 
-# --- autograd: the exact estimator, through the backward ops
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
 def _gather_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     scores, x, noise, mask, k, sigma = inputs
     _, indices = output
@@ -313,77 +220,159 @@ torch.library.register_autograd(_GATHER, _gather_backward, setup_context=_gather
 torch.library.register_autograd(_IND, _ind_backward, setup_context=_ind_setup)
 
 
-# ================================================================================================
-# the diagonal estimator of the public code (for comparisons only)
-
-
-class _DiagonalIndicators(torch.autograd.Function):
-    """Forward: the same soft indicators. Backward: the diagonal-Jacobian estimator of the public
-    perturbed top-k code,
-
-        grad_scores[b, n] = sum_i G[b, i, n] * (1/(S sigma)) sum_s Y_s[b, i, n] Z_s[b, n]
-
-    i.e. only d indicators[i, n] / d scores[n] is kept, the cross terms d indicators[i, n] / d
-    scores[m], m != n, are dropped. The exact estimator is sum_i sum_m G[i, m] E[Y[i, m] Z[n]]/sigma.
-    """
-
-    @staticmethod
-    def forward(ctx, scores, noise, mask, k, sigma):  # type: ignore[override]
-        indicators, indices = torch.ops.edgekd.perturbed_topk_indicators(
-            scores, noise, mask, k, sigma
-        )
-        ctx.save_for_backward(noise, indices)
-        ctx.sigma = sigma
-        return indicators
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        noise, indices = ctx.saved_tensors
-        B, S, k = indices.shape
-        # expected_gradient[b, i, n] = 1/(S sigma) sum_s [idx_s(i) == n] Z_s[n], without one-hots
-        z_at = noise.gather(2, indices)  # (B, S, k)
-        expected = noise.new_zeros(B, k, noise.shape[2])
-        expected.scatter_add_(2, indices.transpose(1, 2), z_at.transpose(1, 2))
-        expected = expected / (S * ctx.sigma)
-        return (grad * expected).sum(dim=1), None, None, None, None
-
-
-def diagonal_indicators(
-    scores: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None, k: int, sigma: float
+# --------------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------------
+def perturbed_topk_indicators(
+    scores: torch.Tensor,
+    k: int | float,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    sigma: float = DEFAULT_SIGMA,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    hard: bool | None = None,
+    estimator: str = "exact",
 ) -> torch.Tensor:
-    """Soft indicators whose backward is the diagonal estimator of the public perturbed top-k code.
+    """Soft top-k indicators (B, k, N): ``mean_s`` of the sorted one-hot selections of
+    ``scores + sigma * Z_s``, ``Z_s ~ N(0, I)``, s = 1..num_samples.
 
-    Sources (read for this reimplementation, not copied):
+    Args:
+        scores: (B, N) float32 / float64 token scores.
+        k: int >= 1, or a float keep ratio in (0, 1] (see the module docstring).
+        num_samples: S, the number of perturbations (>= 1).
+        sigma: noise scale (> 0).
+        mask: optional (B, N) bool / int, True / 1 = valid token, False / 0 = padding.
+        generator: torch.Generator for the noise; the same seed gives identical outputs and gradients.
+        hard: True for the deterministic one-hot top-k of the unperturbed scores (no gradient to the
+            scores); None chooses hard exactly when gradients are disabled.
+        estimator: "exact" (default) or "diagonal" (the public code's backward, for comparisons).
 
-    - google-research/google-research, ``ptopk_patch_selection/lib/ops/perturbed_topk.py``
-      (Cordonnier et al. 2021, JAX): ``expected_gradient = mean(perturbed_outputs *
-      noise_gradient[:, None, :] / sigma)`` and ``grad = (output_grad * expected_gradient).sum(0)``.
-    - The PyTorch port ``PerturbedTopKFunction`` used by PrunePert and many other repositories:
-      ``expected_gradient = einsum("bnkd,bnd->bkd", perturbed_output, noise) / num_samples / sigma``
-      and ``grad_input = einsum("bkd,bkd->bd", grad_output, expected_gradient)``.
-
-    Both contract the output gradient with E[Y[i, d] Z[d]] element-wise, so only the diagonal
-    d indicators[., d] / d scores[d] of the Jacobian survives. Berthet et al. (2020, Prop. 3.1) give
-    the full Jacobian E[Y ⊗ Z] / sigma, which edgekd's exact estimator implements. We did not find
-    the GitHub thread where the bug was flagged in the searchable corpus, so it is not cited here.
+    Returns:
+        (B, k, N) tensor; row i holds the (soft) one-hot of the i-th kept position.
     """
-    return _DiagonalIndicators.apply(scores, noise, mask, k, sigma)
+    scores, k, mask, num_samples, sigma, hard = check_perturbed_topk_inputs(
+        scores, k, mask, num_samples=num_samples, sigma=sigma, estimator=estimator, hard=hard
+    )
+    if hard:
+        idx = _hard_indices(scores, k, mask)
+        return F.one_hot(idx, scores.shape[1]).to(scores.dtype)
+    noise = _draw_noise(scores, num_samples, generator)
+    if estimator == "diagonal":
+        return _diagonal.diagonal_indicators(scores, noise, mask, k, sigma)
+    return torch.ops.edgekd.perturbed_topk_indicators(scores, noise, mask, k, sigma)[0]
 
 
-# ================================================================================================
-# public functions
+def perturbed_topk_gather(
+    scores: torch.Tensor,
+    x: torch.Tensor,
+    k: int | float,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    sigma: float = DEFAULT_SIGMA,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    hard: bool | None = None,
+    estimator: str = "exact",
+) -> torch.Tensor:
+    """Fused perturbed top-k + gather: (B, k, D) equal to ``perturbed_topk_indicators(...) @ x``.
+
+    Computed without building (B, S, k, N) or (B, k, N): per sample the top-k positions of the
+    perturbed scores are selected (sorted by position) and the rows of x gathered and averaged.
+    Gradients: the exact perturbed-optimiser estimator for the scores, the scatter-add of
+    ``dL/dout / S`` at the selected rows for x. Arguments as in :func:`perturbed_topk_indicators`,
+    plus ``x`` (B, N, D) with the dtype and device of the scores. In the hard path the output is
+    ``x[b, topk_indices(scores)]`` (gradient to x only).
+    """
+    scores, k, mask, num_samples, sigma, hard = check_perturbed_topk_inputs(
+        scores, k, mask, x=x, num_samples=num_samples, sigma=sigma, estimator=estimator, hard=hard
+    )
+    if hard:
+        idx = _hard_indices(scores, k, mask)
+        return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    noise = _draw_noise(scores, num_samples, generator)
+    if estimator == "diagonal":
+        return _diagonal.diagonal_indicators(scores, noise, mask, k, sigma) @ x
+    return torch.ops.edgekd.perturbed_topk_gather(scores, x, noise, mask, k, sigma)[0]
 
 
-def _tracing(t: torch.Tensor) -> bool:
-    """True under torch.compile / export, where reading tensor values is not possible."""
-    if torch.compiler.is_compiling():
-        return True
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    if is_exporting is not None and is_exporting():
-        return True
-    from torch._subclasses.fake_tensor import FakeTensor
+def topk_indices(scores: torch.Tensor, k: int | float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Deterministic hard top-k: (B, k) int64 positions of the k largest scores, sorted ascending.
 
-    return isinstance(t, FakeTensor) or torch.jit.is_tracing()
+    Built from ``torch.topk`` and ``torch.sort`` only, so it exports to ONNX (TopK). ``mask`` (B, N):
+    True / 1 = valid token; padding is never selected. ``k`` as in :func:`perturbed_topk_gather`.
+    """
+    scores, k, mask, _, _, _ = check_perturbed_topk_inputs(scores, k, mask)
+    return _hard_indices(scores, k, mask)
+
+
+def _hard_indices(scores: torch.Tensor, k: int, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    idx = torch.topk(scores, k, dim=-1, sorted=False).indices
+    return torch.sort(idx, dim=-1).values
+
+
+def _draw_noise(
+    scores: torch.Tensor, num_samples: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    B, N = scores.shape
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise EdgekdValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != scores.device.type:
+            raise EdgekdValueError(
+                f"generator is on {generator.device} but scores are on {scores.device}"
+            )
+    return torch.randn(
+        (B, num_samples, N), generator=generator, device=scores.device, dtype=scores.dtype
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------------
+# The forward and backward of each low-level op in plain PyTorch live in
+# edgekd/ops/perturbed_topk_reference.py (imported above); the names they had before all ops followed
+# one naming scheme:
+reference_select = perturbed_topk_reference_select
+reference_gather_forward = perturbed_topk_gather_reference_forward
+reference_gather_backward = perturbed_topk_gather_reference_backward
+reference_indicators_forward = perturbed_topk_indicators_reference_forward
+reference_indicators_backward = perturbed_topk_indicators_reference_backward
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+def check_perturbed_topk_inputs(
+    scores: Any,
+    k: Any,
+    mask: Any = None,
+    *,
+    x: Any = _NO_X,
+    num_samples: Any = 1,
+    sigma: Any = DEFAULT_SIGMA,
+    estimator: str = "exact",
+    hard: Any = None,
+) -> tuple[torch.Tensor, int, torch.Tensor | None, int, float, bool]:
+    """Validate the public arguments; returns ``(scores, k, mask, num_samples, sigma, hard)`` with
+    ``k`` resolved to an int, ``mask`` as bool (or None) and ``hard`` resolved from the grad mode.
+
+    ``x`` (B, N, D), when given (the gather form), must match the scores. Raises
+    :class:`EdgekdValueError` naming the problem. Reads the values (finite scores, enough valid
+    tokens) except while tracing.
+    """
+    num_samples, sigma = _check_sampling(num_samples, sigma, estimator, hard)
+    scores = _check_scores(scores)
+    mask = _check_mask(mask, scores)
+    is_tracing = tracing(scores)
+    k = _resolve_k(k, scores, mask, is_tracing)
+    if not is_tracing:
+        _check_values(scores, mask, k)
+    if x is not _NO_X:
+        _check_x(x, scores)
+    if hard is None:
+        hard = not torch.is_grad_enabled()
+    return scores, k, mask, num_samples, sigma, hard
 
 
 def _check_scores(scores: Any, name: str = "scores") -> torch.Tensor:
@@ -454,9 +443,22 @@ def _check_values(scores: torch.Tensor, mask: torch.Tensor | None, k: int) -> No
             )
 
 
-def _check_common(
-    num_samples: Any, sigma: Any, estimator: str, hard: Any
-) -> tuple[int, float]:
+def _check_x(x: Any, scores: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise EdgekdValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise EdgekdValueError(f"x must have shape (B, N, D) (rank 3), got rank {x.dim()}")
+    if x.shape[:2] != scores.shape or x.shape[2] < 1:
+        raise EdgekdValueError(
+            f"x shape {tuple(x.shape)} does not match scores shape {tuple(scores.shape)} (expected (B, N, D) with D >= 1)"
+        )
+    if x.device != scores.device:
+        raise EdgekdValueError(f"x is on {x.device} but scores are on {scores.device}")
+    if x.dtype != scores.dtype:
+        raise EdgekdValueError(f"x dtype {x.dtype} differs from scores dtype {scores.dtype}")
+
+
+def _check_sampling(num_samples: Any, sigma: Any, estimator: str, hard: Any) -> tuple[int, float]:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise EdgekdValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
@@ -468,138 +470,3 @@ def _check_common(
     if hard is not None and not isinstance(hard, bool):
         raise EdgekdValueError(f"hard must be True, False or None, got {hard!r}")
     return int(num_samples), float(sigma)
-
-
-def _draw_noise(
-    scores: torch.Tensor, num_samples: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    B, N = scores.shape
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise EdgekdValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != scores.device.type:
-            raise EdgekdValueError(
-                f"generator is on {generator.device} but scores are on {scores.device}"
-            )
-    return torch.randn(
-        (B, num_samples, N), generator=generator, device=scores.device, dtype=scores.dtype
-    )
-
-
-def topk_indices(scores: torch.Tensor, k: int | float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Deterministic hard top-k: (B, k) int64 positions of the k largest scores, sorted ascending.
-
-    Built from ``torch.topk`` and ``torch.sort`` only, so it exports to ONNX (TopK). ``mask`` (B, N):
-    True / 1 = valid token; padding is never selected. ``k`` as in :func:`perturbed_topk_gather`.
-    """
-    scores = _check_scores(scores)
-    mask = _check_mask(mask, scores)
-    tracing = _tracing(scores)
-    k = _resolve_k(k, scores, mask, tracing)
-    if not tracing:
-        _check_values(scores, mask, k)
-    return _hard_indices(scores, k, mask)
-
-
-def _hard_indices(scores: torch.Tensor, k: int, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    idx = torch.topk(scores, k, dim=-1, sorted=False).indices
-    return torch.sort(idx, dim=-1).values
-
-
-def _prepare(scores, k, num_samples, sigma, mask, estimator, hard):
-    num_samples, sigma = _check_common(num_samples, sigma, estimator, hard)
-    scores = _check_scores(scores)
-    mask = _check_mask(mask, scores)
-    tracing = _tracing(scores)
-    k = _resolve_k(k, scores, mask, tracing)
-    if not tracing:
-        _check_values(scores, mask, k)
-    if hard is None:
-        hard = not torch.is_grad_enabled()
-    return scores, k, num_samples, sigma, mask, hard
-
-
-def perturbed_topk_indicators(
-    scores: torch.Tensor,
-    k: int | float,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    sigma: float = DEFAULT_SIGMA,
-    mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    hard: bool | None = None,
-    estimator: str = "exact",
-) -> torch.Tensor:
-    """Soft top-k indicators (B, k, N): ``mean_s`` of the sorted one-hot selections of
-    ``scores + sigma * Z_s``, ``Z_s ~ N(0, I)``, s = 1..num_samples.
-
-    Args:
-        scores: (B, N) float32 / float64 token scores.
-        k: int >= 1, or a float keep ratio in (0, 1] (see the module docstring).
-        num_samples: S, the number of perturbations (>= 1).
-        sigma: noise scale (> 0).
-        mask: optional (B, N) bool / int, True / 1 = valid token, False / 0 = padding.
-        generator: torch.Generator for the noise; the same seed gives identical outputs and gradients.
-        hard: True for the deterministic one-hot top-k of the unperturbed scores (no gradient to the
-            scores); None chooses hard exactly when gradients are disabled.
-        estimator: "exact" (default) or "diagonal" (the public code's backward, for comparisons).
-
-    Returns:
-        (B, k, N) tensor; row i holds the (soft) one-hot of the i-th kept position.
-    """
-    scores, k, num_samples, sigma, mask, hard = _prepare(
-        scores, k, num_samples, sigma, mask, estimator, hard
-    )
-    if hard:
-        idx = _hard_indices(scores, k, mask)
-        return F.one_hot(idx, scores.shape[1]).to(scores.dtype)
-    noise = _draw_noise(scores, num_samples, generator)
-    if estimator == "diagonal":
-        return diagonal_indicators(scores, noise, mask, k, sigma)
-    return torch.ops.edgekd.perturbed_topk_indicators(scores, noise, mask, k, sigma)[0]
-
-
-def perturbed_topk_gather(
-    scores: torch.Tensor,
-    x: torch.Tensor,
-    k: int | float,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    sigma: float = DEFAULT_SIGMA,
-    mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    hard: bool | None = None,
-    estimator: str = "exact",
-) -> torch.Tensor:
-    """Fused perturbed top-k + gather: (B, k, D) equal to ``perturbed_topk_indicators(...) @ x``.
-
-    Computed without building (B, S, k, N) or (B, k, N): per sample the top-k positions of the
-    perturbed scores are selected (sorted by position) and the rows of x gathered and averaged.
-    Gradients: the exact perturbed-optimiser estimator for the scores, the scatter-add of
-    ``dL/dout / S`` at the selected rows for x. Arguments as in :func:`perturbed_topk_indicators`,
-    plus ``x`` (B, N, D) with the dtype and device of the scores. In the hard path the output is
-    ``x[b, topk_indices(scores)]`` (gradient to x only).
-    """
-    scores, k, num_samples, sigma, mask, hard = _prepare(
-        scores, k, num_samples, sigma, mask, estimator, hard
-    )
-    if not isinstance(x, torch.Tensor):
-        raise EdgekdValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise EdgekdValueError(f"x must have shape (B, N, D) (rank 3), got rank {x.dim()}")
-    if x.shape[:2] != scores.shape or x.shape[2] < 1:
-        raise EdgekdValueError(
-            f"x shape {tuple(x.shape)} does not match scores shape {tuple(scores.shape)} "
-            "(expected (B, N, D) with D >= 1)"
-        )
-    if x.device != scores.device:
-        raise EdgekdValueError(f"x is on {x.device} but scores are on {scores.device}")
-    if x.dtype != scores.dtype:
-        raise EdgekdValueError(f"x dtype {x.dtype} differs from scores dtype {scores.dtype}")
-    if hard:
-        idx = _hard_indices(scores, k, mask)
-        return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-    noise = _draw_noise(scores, num_samples, generator)
-    if estimator == "diagonal":
-        return diagonal_indicators(scores, noise, mask, k, sigma) @ x
-    return torch.ops.edgekd.perturbed_topk_gather(scores, x, noise, mask, k, sigma)[0]

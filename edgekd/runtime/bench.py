@@ -25,22 +25,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgekd.data.readers import read_texts
 from edgekd.errors import EdgekdValueError
+from edgekd.metrics import macro_f1
 from edgekd.runtime.bundle import read_and_verify, safe_extract_zip, write_manifest, write_zip
-from edgekd.runtime.datafile import read_texts
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product, host_target, normalize_target
 from edgekd.runtime.model import Bundle
-from edgekd.runtime.preprocess import macro_f1
 
 DEFAULT_BATCHES = (1, 8, 32)
 
 
 # ------------------------------------------------------------------------------------------ data
 def load_texts(path: str | os.PathLike, limit: int | None = None, **kwargs: Any) -> tuple[list[str], list[int] | None]:
-    """Texts (and integer labels when present) from a CSV with ``text``[,``label``] columns, a JSONL
-    file with ``text``[/``label``] fields, or a plain text file (one text a line); every problem is
-    an :class:`EdgekdValueError` naming the line (:func:`edgekd.runtime.datafile.read_texts`, which
-    takes the keyword arguments)."""
+    """Texts (and integer labels when present) from the first ``limit`` rows of a CSV/TSV/JSONL/Parquet
+    file with a ``text`` column (and a ``label`` one), or a plain text file (one text a line); every
+    problem is an :class:`EdgekdValueError` naming the file and line (:func:`edgekd.data.readers.read_texts`,
+    which takes the keyword arguments: text_column, label_column, label_names, num_labels)."""
     return read_texts(path, limit, **kwargs)
 
 

@@ -171,6 +171,8 @@ def verify_dir_files(root: pathlib.Path, manifest: dict[str, Any], hash_names: I
 def external_data_files(model_path: pathlib.Path, root: pathlib.Path, listed: Iterable[str]) -> list[str]:
     """The bundle files that ``model_path``'s external-data references name; refuses references
     that leave the bundle or name files the manifest does not list."""
+    if model_path.suffix == ".ort":  # an ORT-format copy (compile --ort): that format has no external data
+        return []
     listed = set(listed)
     model_dir_rel = posixpath.dirname(model_path.relative_to(root).as_posix())
     out: list[str] = []

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"])
     p.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="PUB",
                    help="refuse the bundle unless it is signed by this ed25519 public key (repeatable)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "ort"],
+                   help="run the variant's ONNX file or its ORT-format copy (bundles compiled with --ort)")
     p.set_defaults(func=_predict)
 
     s = sub.add_parser("sign", help="sign a bundle's manifest with an ed25519 key (needs edgekd[sign])",
@@ -84,7 +86,8 @@ def _predict(args: argparse.Namespace) -> int:
     from edgekd.runtime.model import Bundle
     from edgekd.runtime.preprocess import validate_texts
 
-    bundle = Bundle.load(args.bundle, target=args.target, precision=args.precision, trusted_keys=args.trusted_keys)
+    bundle = Bundle.load(args.bundle, target=args.target, precision=args.precision, trusted_keys=args.trusted_keys,
+                         format=args.format)
     texts = validate_texts(args.texts)  # undecodable argv bytes (surrogateescape) become U+FFFD
     pred = bundle.predict(texts)
     for k, text in enumerate(texts):
@@ -168,7 +171,7 @@ def _split_entry(entry: str) -> tuple[str, str, str]:
 
 
 def _bench_json(entry: str) -> dict[str, Any]:
-    from edgekd.runtime.datafile import read_text_file
+    from edgekd.data.readers import read_text_file
 
     try:
         r = json.loads(read_text_file(entry))

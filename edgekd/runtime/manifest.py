@@ -207,6 +207,10 @@ def validate_manifest(m: Any) -> None:
             raise BundleError(f"bundle: model file {f!r} of variant {vid!r} is missing (not in files)")
         for j, r in enumerate(_list(v.get("requires", []), where + ".requires", 0, 64)):
             _str(r, f"{where}.requires[{j}]", 64)
+        if v.get("ort") is not None:  # its ORT-format copy (compile --ort)
+            o = _str(_required(_dict(v["ort"], where + ".ort"), "file", where + ".ort."), where + ".ort.file")
+            if check_relpath(o, f"variant {vid!r} ort file") not in files:
+                raise BundleError(f"bundle: ORT model file {o!r} of variant {vid!r} is missing (not in files)")
     for key in ("opset", "fp32_tolerance"):
         if key in m and (isinstance(m[key], bool) or not isinstance(m[key], (int, float))
                          or not math.isfinite(m[key])):

@@ -71,6 +71,22 @@ def select_variant(manifest: dict[str, Any], target: str = "auto", precision: st
     raise BundleError(f"precision: the bundle has no {precision} variant for {tgt!r} usable on this CPU")
 
 
+MODEL_FORMATS = ("onnx", "ort")
+
+
+def variant_in_format(variant: dict[str, Any], format: str = "onnx") -> dict[str, Any]:
+    """``variant`` as loaded in ``format``: ``"onnx"`` (its ``file``) or ``"ort"`` (its ORT-format
+    copy, ``variant["ort"]["file"]``, written by ``compile --ort``); ``file`` then names that copy."""
+    if format == "onnx":
+        return variant
+    if format != "ort":
+        raise EdgekdValueError(f"format: expected one of {list(MODEL_FORMATS)}, got {format!r}")
+    ort = variant.get("ort")
+    if not isinstance(ort, dict) or not ort.get("file"):
+        raise BundleError(f"format: variant {variant.get('id')!r} has no ORT-format copy (compile with --ort)")
+    return {**variant, "file": ort["file"], "format": "ort", "onnx_file": variant["file"]}
+
+
 class Bundle:
     """A loaded bundle: ``Bundle.load(path)`` then ``predict(texts)``. Thread-safe: onnxruntime
     sessions and tokenizers may be shared by threads; nothing here mutates after loading."""
@@ -112,18 +128,22 @@ class Bundle:
     @classmethod
     def load(cls, path: str | os.PathLike, target: str = "auto", precision: str = "auto",
              threads: int | None = None, *, trusted_keys: Iterable[Any] | None = None,
-             limits: BundleLimits | None = None, verify: str = "all") -> "Bundle":
+             limits: BundleLimits | None = None, verify: str = "all", format: str = "onnx") -> "Bundle":
         """Verify and load a bundle directory or ``.zip``; see :func:`select_variant` for
         ``target``/``precision``. ``trusted_keys``: ed25519 public keys (PEM paths, raw bytes or
         key objects); when given, an unsigned bundle or one signed by another key is refused.
         ``limits``: :class:`edgekd.runtime.archive.BundleLimits` for zips. ``verify``: ``"all"``
         (every listed file is hash-checked, by streaming) or ``"selected"`` (only the files of the
         chosen variant). A zip is checked before anything is written and only the chosen
-        variant is extracted. Raises :class:`edgekd.errors.BundleError` on any integrity problem."""
+        variant is extracted. ``format="ort"`` runs the variant's ORT-format copy instead of its
+        ONNX file (:func:`variant_in_format`). Raises :class:`edgekd.errors.BundleError` on any
+        integrity problem."""
+        if format not in MODEL_FORMATS:
+            raise EdgekdValueError(f"format: expected one of {list(MODEL_FORMATS)}, got {format!r}")
         path = pathlib.Path(path)
         root, manifest, variant, tmp = open_bundle(
-            path, lambda m: select_variant(m, target, precision), trusted_keys=trusted_keys, limits=limits,
-            verify=verify)
+            path, lambda m: variant_in_format(select_variant(m, target, precision), format), trusted_keys=trusted_keys,
+            limits=limits, verify=verify)
         try:
             return cls(root, manifest, variant, threads, path, tmp)
         except BaseException:

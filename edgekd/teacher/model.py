@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import random
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +15,7 @@ import torch
 from edgekd.data.datasets import TextDataset
 from edgekd.errors import EdgekdValueError
 from edgekd.teacher.config import FinetuneConfig  # defined once there, with the other teacher settings
+from edgekd.training import NO_DECAY, LoopConfig, param_groups, seed_everything, train_loop
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _FINETUNE_RECORD = "edgekd_teacher.json"
@@ -27,12 +25,6 @@ def _tqdm(*args, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(*args, **kwargs)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _check_model_dir(path: Path, what: str) -> None:
@@ -177,7 +169,7 @@ def finetune_teacher(
     Returns:
         the teacher and the record (settings, train time, validation metrics).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     cfg = config or FinetuneConfig()
     cfg.validate()
@@ -206,7 +198,7 @@ def finetune_teacher(
             record["reused"] = True
             return teacher, record
 
-    _seed_all(cfg.seed)
+    seed_everything(cfg.seed)
     names = list(train.label_names)
     tok = AutoTokenizer.from_pretrained(str(enc_dir), use_fast=True, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -221,52 +213,17 @@ def finetune_teacher(
             p.requires_grad_(False)
     teacher = Teacher(model, tok, max_length=cfg.max_length)
 
+    # the shared loop: AdamW with decay / no-decay and body / head groups, linear warm-up/decay,
+    # clipping at 1.0, a random.Random(seed) shuffle
     n = len(train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = max(1, int(round(steps_per_epoch * cfg.epochs)))
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    head_keys = ("classifier", "pooler", "pre_classifier", "score")
-
-    def _group(decay: bool, head: bool) -> dict:
-        ps = [p for nm, p in model.named_parameters()
-              if p.requires_grad and nm.endswith(no_decay) != decay and any(k in nm for k in head_keys) == head]
-        return {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
-                "lr": cfg.lr * (cfg.head_lr_multiplier if head else 1.0)}
-
-    params = [g for g in (_group(True, False), _group(False, False), _group(True, True), _group(False, True))
-              if g["params"]]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
-    rng = random.Random(cfg.seed)
     labels = torch.tensor(train.labels, dtype=torch.long)
-    t0 = time.perf_counter()
-    model.train()
-    step = 0
-    losses: list[float] = []
-    bar = _tqdm(total=total_steps, desc="teacher fine-tune", disable=not progress, unit="step")
-    while step < total_steps:
-        perm = list(range(n))
-        rng.shuffle(perm)
-        for b in range(0, n, cfg.batch_size):
-            if step >= total_steps:
-                break
-            idx = perm[b : b + cfg.batch_size]
-            enc = teacher.encode([train.texts[i] for i in idx])
-            enc = {k: v.to(device) for k, v in enc.items()}
-            out_ = model(**enc, labels=labels[idx].to(device))
-            out_.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(out_.loss.detach()))
-            step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    bar.close()
-    model.eval()
-    train_s = time.perf_counter() - t0
+    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+                      warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, shuffle="python", grad_clip=1.0)
+    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_multiplier=cfg.head_lr_multiplier,
+                          no_decay=NO_DECAY)
+    result = train_loop(model, n, lambda idx: {**teacher.encode([train.texts[i] for i in idx]), "labels": labels[idx]},
+                        loop, groups=groups, progress=progress, desc="teacher fine-tune")
+    total_steps, losses, train_s = result.steps, result.losses, result.seconds
     record: dict = {
         "key": key,
         "encoder_dir": str(enc_dir),
@@ -278,7 +235,7 @@ def finetune_teacher(
         "label_names": names,
     }
     if valid is not None:
-        from edgekd.distill.metrics import classification_metrics
+        from edgekd.metrics import classification_metrics
 
         pred = teacher.logits(valid.texts, batch_size=cfg.eval_batch_size, progress=progress).argmax(-1)
         record["valid"] = classification_metrics(valid.labels, pred, names)

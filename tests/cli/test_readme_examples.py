@@ -1,4 +1,4 @@
-"""The README's command lines for demo / distill / teacher / explain / compile parse with today's
+"""The README's command lines for demo / distill / teacher / explain / compile / prune parse with today's
 flags (no deprecated spelling among them), and its config examples load without warnings."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-VERBS = ("demo", "distill", "teacher", "explain", "compile")
+VERBS = ("demo", "distill", "teacher", "explain", "compile", "prune")
 
 
 def _blocks(lang: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from compile_helpers import LABELS, TEXTS
+from factories import LABELS, TEXTS
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product
 from edgekd.runtime.emulation import arm64_available, arm64_tool
 

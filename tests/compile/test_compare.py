@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from compile_helpers import LABELS, TEXTS
+from factories import LABELS, TEXTS
 from edgekd.compile import compile_and_compare
 
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from compile_helpers import LABELS, TEXTS, make_tiny_teacher  # noqa: E402
+from factories import LABELS, TEXTS, make_tiny_teacher  # noqa: E402
 from edgekd.compile import compile_model, detect_model_kind, get_export_spec  # noqa: E402
 from edgekd.errors import EdgekdValueError  # noqa: E402
 from edgekd.runtime import Bundle  # noqa: E402

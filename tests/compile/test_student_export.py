@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compile_helpers import LABELS, TEXTS, save_random_student
+from factories import LABELS, TEXTS, save_random_student
 from edgekd.compile import ParityError, compile_student, get_export_spec
 from edgekd.compile.student_onnx import build_student_onnx, load_student_weights, student_numpy_reference
 from edgekd.errors import EdgekdValueError
@@ -128,7 +128,7 @@ def test_bad_inputs(student_dir, tmp_path):
 def test_cli_compile(student_dir, tmp_path, capsys):
     import csv
 
-    from compile_helpers import LABELS
+    from factories import LABELS
     from edgekd.cli import main
     from edgekd.runtime import Bundle
 

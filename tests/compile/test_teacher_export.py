@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compile_helpers import TEXTS
+from factories import TEXTS
 from edgekd.compile import get_export_spec, registered_kinds
 from edgekd.runtime import Bundle
 

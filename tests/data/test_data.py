@@ -95,7 +95,7 @@ def test_bad_csv_names_file_and_row(tmp_path, rows, header, match):
 def test_bad_jsonl_and_unknown_string_label(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"text": "a", "label": 0}\n{not json}\n')
-    with pytest.raises(EdgekdValueError, match=r"bad.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(EdgekdValueError, match=r"bad.jsonl: line 2: not valid JSON"):
         load_dataset(p)
     p2 = tmp_path / "lab.jsonl"
     p2.write_text('{"text": "a", "label": "up"}\n{"text": "b", "label": "sideways"}\n')

@@ -20,9 +20,23 @@ from edgekd.ops.bilstm_attention import (
     packed_size,
 )
 from edgekd.students import BiLSTMAttentionStudent
+from numerics import assert_all_close_f64, assert_close_f64, double_copy, reference_f64
 
 needs_ext = pytest.mark.skipif(not has_extension(), reason="edgekd._C is not built")
-ATOL = RTOL = 1e-5
+NAMES = ("logits", "attention_logits", "attention")
+
+
+def scales(att_v, cls_W, cls_b):
+    """The magnitude of each output's terms (numerics.py): the logits sum 2H terms |cls_W| |h|
+    with |h| < 1, the attention logits A terms |v_a| |tanh| (both can cancel to ~0), attention <= 1."""
+    logits = float((cls_W.abs().sum(1) + cls_b.abs()).max())
+    return [logits, float(att_v.abs().sum()), 1.0]
+
+
+def n_acc(T, E, H, A):
+    """Accumulation length (numerics.py): the BiLSTM's T steps of (E + H)-long dots, then the
+    attention's 2H- and A-long dots and the sums over T."""
+    return T * (E + H) + 2 * H + A + T
 
 # (B, T, V, E, H, A, C, lengths kind)
 SHAPES = [
@@ -74,18 +88,18 @@ def test_matches_reference(shape, dtype):
     ids, mask, emb, lstm, W, v, cW, cb = make(*shape, dtype=dtype)
     with torch.no_grad():
         out = bilstm_attention_forward(ids, mask, emb, lstm, W, v, cW, cb)
-        ref = bilstm_attention_forward_reference(ids, mask, emb, lstm, W, v, cW, cb)
+        ref = reference_f64(bilstm_attention_forward_reference, ids, mask, emb, lstm, W, v, cW, cb)
         packed = bilstm_attention_pack(lstm, W)
         out_p = bilstm_attention_forward(ids, mask, emb, lstm, W, v, cW, cb, packed=packed)
-    tol = ATOL if dtype == torch.float32 else 1e-10
-    for a, b, c in zip(out, ref, out_p):
+    B, T, V, E, H, A = shape[:6]
+    for name, a, b, c, scale in zip(NAMES, out, ref, out_p, scales(v, cW, cb)):
         assert a.dtype == dtype and a.shape == b.shape
-        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
-        torch.testing.assert_close(c, a, atol=0, rtol=0)  # the packed path computes the same thing
+        assert_close_f64(a, b, n=n_acc(T, E, H, A), scale=scale, name=name)
+        assert torch.equal(c, a)  # the packed path computes the same thing
     lengths = mask.sum(1)
     for b in range(ids.shape[0]):  # exact zeros at padding, attention sums to 1 over valid tokens
         assert torch.all(out[1][b, lengths[b]:] == 0) and torch.all(out[2][b, lengths[b]:] == 0)
-        torch.testing.assert_close(out[2][b].sum(), torch.tensor(1.0, dtype=dtype))
+        assert_close_f64(out[2][b].sum(), torch.tensor(1.0, dtype=torch.float64), n=T, name="sum of attention")
 
 
 def test_bool_mask_and_extra_padding():
@@ -94,8 +108,8 @@ def test_bool_mask_and_extra_padding():
         a = bilstm_attention_forward(ids, mask.bool(), emb, lstm, W, v, cW, cb)
         pad = torch.zeros(3, 5, dtype=torch.long)
         b = bilstm_attention_forward(torch.cat([ids, pad], 1), torch.cat([mask, pad], 1), emb, lstm, W, v, cW, cb)
-    torch.testing.assert_close(b[0], a[0], atol=0, rtol=0)  # more padding changes nothing
-    torch.testing.assert_close(b[2][:, :7], a[2], atol=0, rtol=0)
+    assert torch.equal(b[0], a[0])  # more padding changes nothing
+    assert torch.equal(b[2][:, :7], a[2])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -103,9 +117,9 @@ def test_pack_matches_reference_layout(dtype):
     _, _, _, lstm, W, _, _, _ = make(2, 4, 10, 13, 16, 7, 3, "full", dtype=dtype)
     with torch.no_grad():
         p = bilstm_attention_pack(lstm, W)
-    ref = bilstm_attention_pack_reference(*lstm, W)
+    ref = reference_f64(bilstm_attention_pack_reference, *lstm, W)
     assert p.shape == (packed_size(13, 16, 7),) == ref.shape
-    torch.testing.assert_close(p, ref, atol=1e-6 if dtype == torch.float32 else 0, rtol=0)
+    assert_close_f64(p, ref, n=2, name="packed weights")  # copies, and b_ih + b_hh
 
 
 @needs_ext
@@ -117,6 +131,33 @@ def test_opcheck():
         torch.ops.edgekd.bilstm_attention_forward.default, (ids, mask, emb, *lstm, W, v, cW, cb, packed)
     )
     torch.library.opcheck(torch.ops.edgekd.bilstm_attention_pack.default, (*lstm, W))
+    torch.library.opcheck(torch.ops.edgekd.bilstm_attention_check_inputs.default, (ids, mask, 30))
+
+
+@needs_ext
+def test_check_inputs_cpp_and_tensor_ops_agree():
+    # the one-pass C++ check and the tensor-op kernel (CUDA, no _C) accept and reject the same batches
+    from edgekd.ops.bilstm_attention import _check_inputs_tensor_ops
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        B, T = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
+        ids, mask = _batch(B, T, seed=trial)
+        kind = trial % 4
+        if kind == 1:  # random 0/1 pattern: usually not post-padded or with empty rows
+            mask = (torch.rand(B, T, generator=g) < 0.5).long()
+        elif kind == 2:  # an id out of range somewhere (also at padding)
+            ids = ids.clone()
+            ids[int(torch.randint(0, B, (1,), generator=g)), int(torch.randint(0, T, (1,), generator=g))] = 200
+        elif kind == 3:
+            mask = mask.bool()
+        fast = torch.ops.edgekd.bilstm_attention_check_inputs.default(ids, mask, 200)
+        slow = _check_inputs_tensor_ops(ids, mask, 200)
+        assert fast[2].dim() == slow[2].dim() == 0 and fast[2].dtype == slow[2].dtype == torch.int64
+        assert (int(fast[2]) >= 0) == (int(slow[2]) >= 0), (ids, mask)
+        if fast[2] >= 0:
+            assert int(fast[2]) == int(slow[2]) == int(mask.sum())
+            assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]) and fast[1].dtype == torch.bool
 
 
 def test_inference_only():
@@ -177,8 +218,8 @@ def _bad(name):
         ("id_high", r"\[0, 30\)"),
         ("id_negative", r"\[0, 30\)"),
         ("ids_int32", "int64"),
-        ("ids_rank", "same shape"),
-        ("batch_mismatch", "same shape"),
+        ("ids_rank", "rank 2"),
+        ("batch_mismatch", "does not match"),
         ("float_mask", "bool or integer"),
         ("empty", "empty"),
         ("w_hh_shape", "w_hh"),
@@ -221,8 +262,7 @@ def _batch(B, T, seed=0):
 @pytest.mark.parametrize("B", [1, 3, 8])
 def test_student_inference_uses_fused_op_and_matches_reference(B, monkeypatch):
     m = _student().eval()
-    ref = BiLSTMAttentionStudent(200, 24, 50, 3, backend="reference").eval()
-    ref.load_state_dict(m.state_dict())
+    ref = double_copy(m, backend="reference")
     ids, mask = _batch(B, 17)
     calls = []
     real = m._fused_forward
@@ -230,8 +270,9 @@ def test_student_inference_uses_fused_op_and_matches_reference(B, monkeypatch):
     with torch.inference_mode():
         a, b = m(ids, mask), ref(ids, mask)
     assert calls, "the eval forward under inference_mode did not take the fused op"
-    for name in ("logits", "attention_logits", "attention"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=ATOL, rtol=RTOL)
+    sc = scales(m.attention.v.detach(), m.classifier.weight.detach(), m.classifier.bias.detach())
+    for name, scale in zip(NAMES, sc):
+        assert_close_f64(getattr(a, name), getattr(b, name), n=n_acc(17, 24, 50, 100), scale=scale, name=name)
 
 
 @needs_ext
@@ -260,17 +301,17 @@ def test_student_paths_that_must_not_fuse():
 def test_student_weight_cache_follows_updates():
     m = _student().eval()
     ids, mask = _batch(3, 9)
-    ref = BiLSTMAttentionStudent(200, 24, 50, 3, backend="reference").eval()
 
     def check():
-        ref.load_state_dict(m.state_dict())
+        ref = double_copy(m, backend="reference")
         with torch.no_grad():
             a, b = m(ids, mask), ref(ids, mask)
-        torch.testing.assert_close(a.logits, b.logits, atol=ATOL, rtol=RTOL)
-        torch.testing.assert_close(a.attention, b.attention, atol=ATOL, rtol=RTOL)
+        sc = scales(m.attention.v.detach(), m.classifier.weight.detach(), m.classifier.bias.detach())
+        for name, scale in zip(NAMES, sc):
+            assert_close_f64(getattr(a, name), getattr(b, name), n=n_acc(9, 24, 50, 100), scale=scale, name=name)
 
     check()
-    packed_before = m._fused_pack[1]
+    packed_before = m._fused_pack.packed
     # an optimizer step updates the weights in place
     m.train()
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
@@ -278,7 +319,7 @@ def test_student_weight_cache_follows_updates():
     opt.step()
     m.eval()
     check()
-    assert m._fused_pack[1] is not packed_before
+    assert m._fused_pack.packed is not packed_before
     # load_state_dict copies in place; direct in-place edits too
     other = _student(seed=3)
     m.load_state_dict(other.state_dict())
@@ -312,6 +353,28 @@ def test_student_fused_path_bad_inputs(mutate, match):
     ids, mask = _batch(2, 6)
     with torch.inference_mode(), pytest.raises(EdgekdValueError, match=match):
         m(*mutate(ids, mask))
+
+
+def test_cuda_without_triton_names_the_op_and_the_fix(monkeypatch):
+    # the one policy of every op for CUDA tensors when Triton is not importable
+    import importlib
+
+    from edgekd.errors import EdgekdError
+    from edgekd.ops._common import MissingTritonError, triton_kernels
+
+    real = importlib.import_module
+
+    def no_triton(name, *args):
+        if name.startswith("edgekd.kernels."):
+            raise ImportError("No module named 'triton'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_triton)
+    for module, op in [("masked_bilstm", "masked_bilstm"), ("masked_attention_pool", "masked_attention_pool"),
+                       ("perturbed_topk", "perturbed_topk_gather")]:
+        with pytest.raises(MissingTritonError, match=rf"'{op}'.*pip install edgekd\[gpu\]") as info:
+            triton_kernels(module, op)
+        assert isinstance(info.value, EdgekdError) and isinstance(info.value, ImportError)
 
 
 def test_fallback_without_extension():

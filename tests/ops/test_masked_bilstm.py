@@ -16,12 +16,21 @@ from edgekd._ext import has_extension
 from edgekd.errors import EdgekdValueError
 from edgekd.ops import masked_bilstm, masked_bilstm_module
 from edgekd.ops.masked_bilstm import WEIGHT_NAMES, masked_bilstm_reference
+from numerics import assert_all_close_f64, assert_close_f64, reference_f64, to_f64
 
 mb_mod = importlib.import_module("edgekd.ops.masked_bilstm")  # the module (edgekd.ops.masked_bilstm is the function)
 
 needs_ext = pytest.mark.skipif(not has_extension(), reason="edgekd._C is not built")
 
-FP32 = dict(rtol=1e-5, atol=1e-5)
+
+def n_acc(B, T, E, H):
+    """Accumulation length of the BiLSTM (numerics.py): T steps of (E + H)-long dots, and the
+    weight gradients' sums over the B * T timesteps."""
+    return T * (E + H) + B * T
+
+
+NAMES = ("output", "h_n", "c_n")
+GRAD_NAMES = tuple(f"grad {n}" for n in ("x",) + WEIGHT_NAMES)
 
 
 def make_inputs(B, T, E, H, dtype=torch.float32, seed=0, lengths=None, scale=1.0):
@@ -80,12 +89,11 @@ def test_cpp_forward_and_gradients_match_reference(shape):
     x, lengths, weights = make_inputs(B, T, E, H, seed=sum(shape))
     ups = upstream(B, T, H)
     outs, grads = grads_of(masked_bilstm, x, lengths, weights, ups)
-    ref_outs, ref_grads = grads_of(masked_bilstm_reference, x, lengths, weights, ups)
-    for name, a, b in zip(("output", "h_n", "c_n"), outs, ref_outs):
-        torch.testing.assert_close(a, b, **FP32, msg=lambda m: f"{name}: {m}")
+    ref_outs, ref_grads = grads_of(masked_bilstm_reference, *to_f64((x, lengths, weights, ups)))
+    n = n_acc(B, T, E, H)
+    assert_all_close_f64(outs, ref_outs, n=n, names=NAMES)
     assert torch.all(outs[0][torch.arange(T)[None, :] >= lengths[:, None]] == 0)
-    for name, a, b in zip(("x",) + WEIGHT_NAMES, grads, ref_grads):
-        torch.testing.assert_close(a, b, **FP32, msg=lambda m: f"grad {name}: {m}")
+    assert_all_close_f64(grads, ref_grads, n=n, names=GRAD_NAMES)
 
 
 @needs_ext
@@ -95,11 +103,9 @@ def test_cpp_larger_values_and_batch64():
     x, lengths, weights = make_inputs(B, T, E, H, seed=3, scale=3.0)
     ups = upstream(B, T, H)
     outs, grads = grads_of(masked_bilstm, x * 3, lengths, weights, ups)
-    ref_outs, ref_grads = grads_of(masked_bilstm_reference, x * 3, lengths, weights, ups)
-    for a, b in zip(outs, ref_outs):
-        torch.testing.assert_close(a, b, **FP32)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
+    ref_outs, ref_grads = grads_of(masked_bilstm_reference, *to_f64((x * 3, lengths, weights, ups)))
+    assert_all_close_f64(outs, ref_outs, n=n_acc(B, T, E, H), names=NAMES)
+    assert_all_close_f64(grads, ref_grads, n=n_acc(B, T, E, H), names=GRAD_NAMES)
 
 
 @needs_ext
@@ -111,21 +117,20 @@ def test_non_contiguous_inputs():
     assert not x_nc.is_contiguous() and not w_nc[0].is_contiguous()
     ups = upstream(B, T, H)
     outs, grads = grads_of(masked_bilstm, x_nc, lengths, w_nc, (ups[0].transpose(0, 1).contiguous().transpose(0, 1),) + ups[1:])
-    ref_outs, ref_grads = grads_of(masked_bilstm_reference, x, lengths, weights, ups)
-    for a, b in zip(list(outs) + grads, list(ref_outs) + ref_grads):
-        torch.testing.assert_close(a, b, **FP32)
+    ref_outs, ref_grads = grads_of(masked_bilstm_reference, *to_f64((x, lengths, weights, ups)))
+    assert_all_close_f64(list(outs) + grads, list(ref_outs) + ref_grads, n=n_acc(B, T, E, H), names=NAMES + GRAD_NAMES)
 
 
 @needs_ext
 def test_only_some_outputs_used():
     x, lengths, weights = make_inputs(4, 6, 5, 8)
     for pick in (0, 1, 2):
-        xs = [x.clone().requires_grad_(True) for _ in range(2)]
+        xs = [x.clone().requires_grad_(True), x.double().requires_grad_(True)]
         a = masked_bilstm(xs[0], lengths, weights)[pick].sum()
-        b = masked_bilstm_reference(xs[1], lengths, weights)[pick].sum()
+        b = masked_bilstm_reference(xs[1], lengths, to_f64(weights))[pick].sum()
         a.backward()
         b.backward()
-        torch.testing.assert_close(xs[0].grad, xs[1].grad, **FP32)
+        assert_close_f64(xs[0].grad, xs[1].grad, n=n_acc(4, 6, 5, 8), name=f"grad x via {NAMES[pick]}")
 
 
 @needs_ext
@@ -154,14 +159,14 @@ def test_python_op_maths_match_reference():
     B, T, E, H = 4, 7, 5, 6
     x, lengths, weights = make_inputs(B, T, E, H, dtype=torch.float64)
     cap = int(lengths.sum()) + 3
-    out, h_n, c_n, gates, cells = mb_mod._reference_forward_with_saved(x, lengths, *weights, cap)
+    out, h_n, c_n, gates, cells = mb_mod.masked_bilstm_reference_forward(x, lengths, *weights, cap)
     ref = masked_bilstm_reference(x, lengths, weights)
     for a, b in zip((out, h_n, c_n), ref):
         torch.testing.assert_close(a, b)
     assert gates.shape == (2, cap, 4 * H) and torch.all(gates[:, -3:] == 0)
     ups = upstream(B, T, H, dtype=torch.float64)
     w4 = [weights[i] for i in (0, 1, 4, 5)]
-    grads = mb_mod._reference_backward(*ups, x, lengths, *w4, out, gates, cells)
+    grads = mb_mod.masked_bilstm_reference_backward(*ups, x, lengths, *w4, out, gates, cells)
     _, ref_grads = grads_of(masked_bilstm_reference, x, lengths, weights, ups)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
@@ -174,15 +179,13 @@ def test_cpp_kernels_called_directly():
     N = int(lengths.sum())
     for cap in (N, B * T):
         res = torch.ops.edgekd.masked_bilstm.default(x, lengths, *weights, cap)
-        exp = mb_mod._reference_forward_with_saved(x, lengths, *weights, cap)
-        for a, b in zip(res, exp):
-            torch.testing.assert_close(a, b)
+        exp = mb_mod.masked_bilstm_reference_forward(x, lengths, *weights, cap)
+        assert_all_close_f64(res, exp, n=n_acc(B, T, E, H), names=NAMES + ("gates", "cells"))
         ups = upstream(B, T, H, dtype=torch.float64)
         w4 = [weights[i] for i in (0, 1, 4, 5)]
         got = torch.ops.edgekd.masked_bilstm_backward.default(*ups, x, lengths, *w4, res[0], res[3], res[4])
-        exp_g = mb_mod._reference_backward(*ups, x, lengths, *w4, exp[0], exp[3], exp[4])
-        for a, b in zip(got, exp_g):
-            torch.testing.assert_close(a, b)
+        exp_g = mb_mod.masked_bilstm_reference_backward(*ups, x, lengths, *w4, exp[0], exp[3], exp[4])
+        assert_all_close_f64(got, exp_g, n=n_acc(B, T, E, H), names=GRAD_NAMES)
     with pytest.raises(RuntimeError, match="capacity"):
         torch.ops.edgekd.masked_bilstm.default(x, lengths, *weights, N - 1)
 
@@ -208,15 +211,20 @@ def test_torch_compile_fullgraph():
         out, h_n, c_n = masked_bilstm(x, lengths, ws)
         return out.square().sum() + h_n.sum() + c_n.sum()
 
+    def f_ref(x, lengths, *ws):
+        out, h_n, c_n = masked_bilstm_reference(x, lengths, ws)
+        return out.square().sum() + h_n.sum() + c_n.sum()
+
     cf = torch.compile(f, fullgraph=True, backend="aot_eager")
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    a = cf(xs[0], lengths, *ws)
-    ga = torch.autograd.grad(a, [xs[0], *ws])
-    b = f(xs[1], lengths, *ws)
-    gb = torch.autograd.grad(b, [xs[1], *ws])
-    torch.testing.assert_close(a, b, **FP32)
-    for u, v in zip(ga, gb):
-        torch.testing.assert_close(u, v, **FP32)
+    x0 = x.clone().requires_grad_(True)
+    a = cf(x0, lengths, *ws)
+    ga = torch.autograd.grad(a, [x0, *ws])
+    x64, ws64 = to_f64((x.requires_grad_(True), ws))
+    b = f_ref(x64, lengths, *ws64)
+    gb = torch.autograd.grad(b, [x64, *ws64])
+    n = n_acc(4, 6, 5, 8) * 2  # plus the loss's sum over the outputs
+    assert_close_f64(a, b, n=n, scale=float(b.abs()) + 4 * 6 * 16, name="loss")
+    assert_all_close_f64(ga, gb, n=n, names=GRAD_NAMES)
 
 
 def test_module_wrapper_and_no_grad():
@@ -227,8 +235,8 @@ def test_module_wrapper_and_no_grad():
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, (h_n, c_n) = lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=4)
-    for a, b in zip(got, (out, h_n, c_n)):
-        torch.testing.assert_close(a, b, **FP32)
+        ref = reference_f64(masked_bilstm_reference, x, lengths, [getattr(lstm, n) for n in WEIGHT_NAMES])
+    assert_all_close_f64(got, ref, n=n_acc(3, 4, 5, 7), names=NAMES)
     with pytest.raises(EdgekdValueError, match="bidirectional"):
         masked_bilstm_module(x, lengths, torch.nn.LSTM(5, 7, batch_first=True))
     with pytest.raises(EdgekdValueError, match="nn.LSTM"):
@@ -351,19 +359,15 @@ def test_triton_forward_and_backward_match_reference(shape):
     # compact capacity always; the padded bound B*T (used under torch.compile) on one shape
     caps = (N, B * T) if shape == TRITON_SHAPES[1] else (N,)
     for cap in caps:
+        n = n_acc(B, T, E, H)
         res = tk.masked_bilstm_forward(x, lengths, weights, cap)
-        ref = masked_bilstm_reference(x, lengths, weights)
-        for a, b in zip(res[:3], ref):
-            torch.testing.assert_close(a, b, **FP32)
-        exp = mb_mod._reference_forward_with_saved(x, lengths, *weights, cap)
-        torch.testing.assert_close(res[3], exp[3], **FP32)
-        torch.testing.assert_close(res[4], exp[4], **FP32)
+        exp = reference_f64(mb_mod.masked_bilstm_reference_forward, x, lengths, *weights, cap)
+        assert_all_close_f64(res, exp, n=n, names=NAMES + ("gates", "cells"))
         ups = [u.to(dev) for u in upstream(B, T, H)]
         w4 = [weights[i] for i in (0, 1, 4, 5)]
         got = tk.masked_bilstm_backward(*ups, x, lengths, w4, res[0], res[3], res[4])
-        _, ref_grads = grads_of(masked_bilstm_reference, x, lengths, weights, ups)
-        for name, a, b in zip(("x",) + WEIGHT_NAMES, got, ref_grads):
-            torch.testing.assert_close(a, b, **FP32, msg=lambda m: f"grad {name}: {m}")
+        _, ref_grads = grads_of(masked_bilstm_reference, *to_f64((x, lengths, weights, ups)))
+        assert_all_close_f64(got, ref_grads, n=n, names=GRAD_NAMES)
 
 
 @pytest.mark.triton
@@ -372,6 +376,5 @@ def test_cuda_op_dispatch_and_autograd():
     x, lengths, weights = make_inputs(8, 12, 10, 50)
     ups = upstream(8, 12, 50)
     outs, grads = grads_of(masked_bilstm, x.cuda(), lengths, [w.cuda() for w in weights], [u.cuda() for u in ups])
-    ref_outs, ref_grads = grads_of(masked_bilstm_reference, x, lengths, weights, ups)
-    for a, b in zip(list(outs) + grads, list(ref_outs) + ref_grads):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4)
+    ref_outs, ref_grads = grads_of(masked_bilstm_reference, *to_f64((x, lengths, weights, ups)))
+    assert_all_close_f64(list(outs) + grads, list(ref_outs) + ref_grads, n=n_acc(8, 12, 10, 50), names=NAMES + GRAD_NAMES)

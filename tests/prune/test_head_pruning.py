@@ -16,7 +16,7 @@ from edgekd.prune import (
     pruned_heads,
     remaining_heads,
 )
-from prune_helpers import make_batch, tiny_classifier
+from factories import make_batch, tiny_classifier
 
 HEAD_DIM = 8  # hidden 32 / 4 heads
 

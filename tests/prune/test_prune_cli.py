@@ -1,7 +1,6 @@
 """``edgekd prune tokens`` / ``edgekd prune heads`` run in-process on tiny random BERTs and a dozen rows."""
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -10,23 +9,9 @@ import pytest
 import torch
 
 from edgekd.cli import build_parser, main
-from prune_helpers import CLI_LABEL_NAMES, CLI_LABELS, CLI_TEXTS, save_tiny_model_dir
+from factories import CLI_LABEL_NAMES, save_tiny_model_dir
 
-FAST = ["--num-samples", "8", "--batch", "4", "--max-len", "16", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    with open(d / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(CLI_TEXTS, CLI_LABELS))
-    with open(d / "dev.jsonl", "w") as f:  # other column names, string labels
-        for t, y in zip(CLI_TEXTS, CLI_LABELS):
-            f.write(json.dumps({"sentence": t, "sentiment": CLI_LABEL_NAMES[y]}) + "\n")
-    (d / "header_only.csv").write_text("text,label\n")
-    return d
+FAST = ["--num-samples", "8", "--batch-size", "4", "--max-length", "16", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +73,7 @@ def test_prune_tokens_from_an_encoder_takes_the_labels_of_the_data(tmp_path, dat
 
     enc = save_tiny_model_dir(tmp_path / "enc", classifier=False)
     rc = main(["prune", "tokens", "--model", str(enc), "--layer", "1", "--keep", "0.5", "--train",
-               str(data / "dev.jsonl"), "--text-col", "sentence", "--label-col", "sentiment", "--epochs", "1",
+               str(data / "dev.jsonl"), "--text-column", "sentence", "--label-column", "sentiment", "--epochs", "1",
                "--out", str(tmp_path / "o"), *FAST])
     assert rc == 0
     model = load_pruned_model(tmp_path / "o")
@@ -123,8 +108,8 @@ def test_prune_heads_saves_the_smaller_model(classifier_dir, data, tmp_path):
 
     out = tmp_path / "ahp"
     rc = main(["prune", "heads", "--model", str(classifier_dir), "--num-heads", "5", "--dev", str(data / "dev.jsonl"),
-               "--text-col", "sentence", "--label-col", "sentiment", "--out", str(out), "--batch", "4",
-               "--max-len", "16", "--no-progress"])
+               "--text-column", "sentence", "--label-column", "sentiment", "--out", str(out), "--batch-size", "4",
+               "--max-length", "16", "--no-progress"])
     assert rc == 0
     assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"} <= {p.name for p in out.iterdir()}
     m = json.loads((out / "metrics.json").read_text())
@@ -147,9 +132,9 @@ def test_prune_heads_saves_the_smaller_model(classifier_dir, data, tmp_path):
     (["--layer", "4"], "--layer: 4 is out of range"),
     (["--layer", "-1"], "--layer"),
     (["--epochs", "0"], "--epochs"),
-    (["--max-len", "2"], "minimum sequence length 3"),
-    (["--max-len", "100"], "max_position_embeddings 64"),
-    (["--text-col", "body"], "missing column(s) ['body']"),
+    (["--max-length", "2"], "--max-length: 2 is below the pruned model's minimum sequence length 3"),
+    (["--max-length", "100"], "--max-length: 100 exceeds the model's max_position_embeddings 64"),
+    (["--text-column", "body"], "missing column(s) ['body']"),
     (["--train", "{data}/header_only.csv"], "no rows"),
     (["--train", "{data}/missing.csv"], "does not exist"),
     (["--model", "{tmp}/nowhere"], "--model: {tmp}/nowhere is not a directory"),
@@ -159,7 +144,7 @@ def test_prune_heads_saves_the_smaller_model(classifier_dir, data, tmp_path):
 ])
 def test_prune_tokens_errors(extra, message, classifier_dir, data, tmp_path, capsys):
     args = {"--model": str(classifier_dir), "--layer": "1", "--keep": "0.5", "--train": str(data / "train.csv"),
-            "--out": str(tmp_path / "o"), "--max-len": "16"}
+            "--out": str(tmp_path / "o"), "--max-length": "16"}
     for k, v in zip(extra[::2], extra[1::2]):
         args[k] = v.format(data=data, tmp=tmp_path)
     argv = ["prune", "tokens", "--no-progress", "--num-samples", "4"] + [x for kv in args.items() for x in kv]
@@ -175,7 +160,7 @@ def test_prune_heads_errors(classifier_dir, data, tmp_path, capsys):
         (["--model", str(classifier_dir), "--num-heads", "13"], "exceeds the 12 heads"),
         (["--model", str(classifier_dir), "--num-heads", "0"], "--num-heads: expected an int >= 1"),
         (["--model", str(tmp_path / "nowhere"), "--num-heads", "1"], "is not a directory"),
-        (["--model", str(classifier_dir), "--num-heads", "1", "--label-col", "y"], "missing column(s) ['y']"),
+        (["--model", str(classifier_dir), "--num-heads", "1", "--label-column", "y"], "missing column(s) ['y']"),
     ]
     two = save_tiny_model_dir(tmp_path / "two", num_labels=2)
     cases.append((["--model", str(two), "--num-heads", "1"], "the data has 3 classes"))
@@ -191,7 +176,7 @@ def test_prune_heads_errors(classifier_dir, data, tmp_path, capsys):
 def test_prune_cli_parses_and_stays_light():
     a = build_parser().parse_args(["prune", "tokens", "--model", "m", "--layer", "3", "--keep", "0.5", "--train", "t",
                                    "--out", "o", "--scorer", "mlp", "--estimator", "diagonal", "--batch-size", "8"])
-    assert a.func.__name__ == "cmd_tokens" and a.layer == 3 and a.batch == 8 and a.sigma == 0.2
+    assert a.func.__name__ == "cmd_tokens" and a.layer == 3 and a.batch_size == 8 and a.sigma == 0.2
     a = build_parser().parse_args(["prune", "heads", "--model", "m", "--num-heads", "6", "--dev", "d", "--out", "o"])
     assert a.func.__name__ == "cmd_heads" and a.num_heads == 6
     assert main(["prune"]) == 2

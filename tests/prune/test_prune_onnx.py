@@ -13,7 +13,7 @@ from edgekd.errors import EdgekdValueError  # noqa: E402
 from edgekd.prune import TokenPruningConfig, apply_token_pruning, prune_heads  # noqa: E402
 from edgekd.prune.export import check_onnx_parity, export_onnx  # noqa: E402
 from edgekd.quantize import quantize_dynamic, quantize_static  # noqa: E402
-from prune_helpers import make_batch, tiny_classifier, tiny_encoder  # noqa: E402
+from factories import make_batch, tiny_classifier, tiny_encoder  # noqa: E402
 
 
 def _op_types(path) -> set[str]:

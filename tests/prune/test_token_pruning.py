@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgekd.errors import EdgekdValueError
-from prune_helpers import make_batch, tiny_classifier, tiny_encoder
+from factories import make_batch, tiny_classifier, tiny_encoder
 
 from edgekd.prune import (
     TokenPrunedModel,

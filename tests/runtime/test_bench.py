@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from compile_helpers import LABELS, TEXTS
+from factories import LABELS, TEXTS
 from edgekd.cli import main
 from edgekd.runtime import Bundle
 from edgekd.runtime.bench import bench, compare_markdown, compare_rows, load_texts, record_profile

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from compile_helpers import LABELS, TEXTS
+from factories import LABELS, TEXTS
 from edgekd.cli import main
 from hostile import CASES
 

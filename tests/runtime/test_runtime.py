@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from compile_helpers import TEXTS
+from factories import TEXTS
 from edgekd.errors import EdgekdValueError
 from edgekd.runtime import Bundle, select_variant
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product, normalize_target

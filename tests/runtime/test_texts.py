@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compile_helpers import TEXTS
+from factories import TEXTS
 from edgekd.errors import EdgekdValueError
 from edgekd.runtime import Bundle
 from edgekd.runtime.preprocess import clean_text, validate_texts

@@ -1,18 +1,18 @@
-// Inner loop of the fused student inference (student_forward.cpp clones it per ISA through
-// isa_clones.h, so no include guard). It builds on the BiLSTM kernels' rows_gemv and cell_forward.
+// Inner loop of edgekd::bilstm_attention_forward, the fused student inference (bilstm_attention.cpp
+// clones it per ISA through isa_clones.h, so no include guard). It builds on the BiLSTM kernels' rows_gemv and cell_forward.
 //
 #include "masked_bilstm_kernels.h"
 
 // One sequence at a time: embedding rows -> input projection -> the two LSTM directions over the
 // L valid tokens -> u_t = tanh(W h_t), e_t = v . u_t -> softmax over t < L -> context -> logits.
 // Every matrix product is rows_gemv over zero-padded transposed weights (prepared once per call by
-// the caller, see student_fwd::RowWeights in student_forward.cpp), so the whole row runs without
+// the caller, see bilstm_attention_row::RowWeights in bilstm_attention.cpp), so the whole row runs without
 // a single ATen call or allocation.
 
 // ids: the row's L token ids (validated by the caller); writes logits (C), e (Tn) and alpha (Tn),
 // both 0 for t >= L.
 template <typename T>
-void student_row_forward(const ::student_fwd::RowWeights<T>& w, const int64_t* __restrict ids, int64_t L, int64_t Tn,
+void bilstm_attention_row_forward(const ::bilstm_attention_row::RowWeights<T>& w, const int64_t* __restrict ids, int64_t L, int64_t Tn,
                          T* __restrict scratch, T* __restrict logits, T* __restrict e, T* __restrict alpha) {
   const int64_t E = w.E, H = w.H, A = w.A, D = 2 * H, G4 = 4 * H, G4p = w.G4p, Ap = w.Ap;
   T* xp = scratch;                // (L, G4p) input projection of one direction

@@ -6,14 +6,18 @@
 // microseconds of arithmetic, while the unfused native path spent most of its ~0.3 ms in per-call
 // overhead (three custom-op dispatches, several ATen allocations, the embedding and the Linear).
 // Here the weights are transposed and zero-padded (bilstm_attention_pack, cached by the caller), then each row
-// runs in raw loops (student_forward_kernels.h: register-blocked matvecs, vectorized activations)
+// runs in raw loops (bilstm_attention_kernels.h: register-blocked matvecs, vectorized activations)
 // with no ATen call inside; rows run in parallel with at::parallel_for when there are enough.
 //
 // Inference only (no autograd: the training path uses masked_bilstm + masked_attention_pool, whose
-// backward ops exist). The schema, fake kernel and the PyTorch fallback are defined in Python
+// backward ops exist). The schemas, fake kernels and the PyTorch fallbacks are defined in Python
 // (edgekd/ops/bilstm_attention.py). An invalid batch (ids out of range, a mask that is not 0/1 and
-// post-padded, an empty row) raises an error naming "invalid batch"; the student then re-checks it
-// in Python for a detailed EdgekdValueError message (the public function re-raises the message).
+// post-padded, an empty row) raises an error naming "invalid batch"; the public function then
+// re-checks it (check_bilstm_attention_inputs) for a detailed EdgekdValueError message.
+//
+// Also here: edgekd::bilstm_attention_check_inputs, the one-pass check of a batch that the
+// student's differentiable forward runs before the BiLSTM (the same post_padded_lengths of layout.h
+// that the fused forward runs inside).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -29,7 +33,7 @@
 #include "layout.h"
 
 // What one row's forward reads: sizes and raw pointers to the prepared weights.
-namespace student_fwd {
+namespace bilstm_attention_row {
 template <typename T>
 struct RowWeights {
   int64_t E, H, A, C;  // embed, hidden, attention, classes
@@ -44,15 +48,15 @@ struct RowWeights {
   const T* clsb;       // (C)
 };
 
-// Scratch elements one row needs for sequences of up to Tmax tokens (see student_row_forward).
+// Scratch elements one row needs for sequences of up to Tmax tokens (see bilstm_attention_row_forward).
 template <typename T>
 int64_t row_scratch_size(const RowWeights<T>& w, int64_t Tmax) {
   const int64_t D = 2 * w.H;
   return Tmax * w.G4p + Tmax * D + Tmax * w.Ap + 2 * w.G4p + 3 * w.H + D;
 }
-}  // namespace student_fwd
+}  // namespace bilstm_attention_row
 
-#define EDGEKD_ISA_KERNELS "student_forward_kernels.h"  // (includes masked_bilstm_kernels.h)
+#define EDGEKD_ISA_KERNELS "bilstm_attention_kernels.h"  // (includes masked_bilstm_kernels.h)
 #include "isa_clones.h"
 
 namespace {
@@ -108,8 +112,8 @@ int64_t check_lstm_attention(const Tensor& w_ih_f, const Tensor& w_hh_f, const T
   return H;
 }
 
-// edgekd::bilstm_attention_pack: the weights in the layout the forward reads (see packed_size). The
-// student caches it between calls (it changes only when the weights do), which saves the
+// edgekd::bilstm_attention_pack: the weights in the layout the forward reads (see packed_size).
+// PackedWeightsCache (edgekd/ops/bilstm_attention.py) keeps it while the weights do not change, which saves the
 // transposes, ~20 us of a ~100 us batch-1 forward.
 Tensor bilstm_attention_pack_cpu(const Tensor& w_ih_f, const Tensor& w_hh_f, const Tensor& b_ih_f,
                                  const Tensor& b_hh_f, const Tensor& w_ih_b, const Tensor& w_hh_b,
@@ -217,7 +221,7 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
     const Tensor clsb = cls_b_in.contiguous();
     const T* P = pk.data_ptr<T>();
 
-    student_fwd::RowWeights<T> wb;
+    bilstm_attention_row::RowWeights<T> wb;
     wb.E = E;
     wb.H = H;
     wb.A = A;
@@ -235,7 +239,7 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
     wb.v = v.data_ptr<T>();
     wb.clsW = clsW.data_ptr<T>();
     wb.clsb = clsb.data_ptr<T>();
-    const int64_t scratch_n = student_fwd::row_scratch_size<T>(wb, max_len);
+    const int64_t scratch_n = bilstm_attention_row::row_scratch_size<T>(wb, max_len);
 
     const int64_t* I = ids.data_ptr<int64_t>();
     T* LG = logits.data_ptr<T>();
@@ -247,13 +251,13 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
       for (int64_t b = b0; b < b1; ++b) {
 #ifdef EDGEKD_HAVE_AVX2_CLONE
         if (avx2) {
-          isa_avx2::student_row_forward<T>(wb, I + b * Tn, len[b], Tn, scratch.data(), LG + b * C, EP + b * Tn,
+          isa_avx2::bilstm_attention_row_forward<T>(wb, I + b * Tn, len[b], Tn, scratch.data(), LG + b * C, EP + b * Tn,
                                            AP + b * Tn);
           continue;
         }
 #endif
         (void)avx2;
-        isa_base::student_row_forward<T>(wb, I + b * Tn, len[b], Tn, scratch.data(), LG + b * C, EP + b * Tn,
+        isa_base::bilstm_attention_row_forward<T>(wb, I + b * Tn, len[b], Tn, scratch.data(), LG + b * C, EP + b * Tn,
                                          AP + b * Tn);
       }
     };
@@ -270,9 +274,39 @@ std::tuple<Tensor, Tensor, Tensor> bilstm_attention_forward_cpu(
   return {logits, e, alpha};
 }
 
+// edgekd::bilstm_attention_check_inputs: one pass over a batch of (input_ids, attention_mask) that
+// returns what the unfused forward needs (lengths, bool mask) and whether the batch is valid: ids in
+// [0, vocab_size), a 0/1 post-padded mask (ones then zeros) with >= 1 valid token per row. It
+// replaces ~15 small tensor ops (and their per-call overhead) on the batch-1 path. The third output
+// (a 0-dim int64 tensor) is N = sum(lengths) (>= B) when the batch is valid and -1 when it is not; the Python caller
+// (check_bilstm_attention_inputs) then finds the problem with tensor ops for a detailed message.
+std::tuple<Tensor, Tensor, Tensor> bilstm_attention_check_inputs_cpu(const Tensor& ids_in, const Tensor& mask_in,
+                                                                     int64_t vocab_size) {
+  TORCH_CHECK(ids_in.dim() == 2 && mask_in.dim() == 2 && ids_in.sizes() == mask_in.sizes(),
+              "bilstm_attention_check_inputs: input_ids and attention_mask must be (B, T) of the same shape");
+  TORCH_CHECK(ids_in.scalar_type() == at::kLong, "bilstm_attention_check_inputs: input_ids must be int64");
+  TORCH_CHECK(ids_in.device().is_cpu() && mask_in.device().is_cpu(), "bilstm_attention_check_inputs: CPU tensors only");
+  const Tensor ids = ids_in.contiguous();
+  const Tensor mask = mask_in.contiguous();
+  const int64_t B = ids.size(0), T = ids.size(1);
+  Tensor lengths = at::empty({B}, ids.options());
+  Tensor mask_bool = at::empty({B, T}, ids.options().dtype(at::kBool));
+  bool ok = false;
+  AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, mask.scalar_type(), "bilstm_attention_check_inputs", [&] {
+    ok = edgekd_layout::post_padded_lengths<scalar_t>(ids.data_ptr<int64_t>(), mask.data_ptr<scalar_t>(), B, T,
+                                                      vocab_size, lengths.data_ptr<int64_t>(),
+                                                      mask_bool.data_ptr<bool>());
+  });
+  const int64_t* Lp = lengths.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t b = 0; b < B; ++b) total += Lp[b];
+  return {lengths, mask_bool, at::scalar_tensor(ok ? total : int64_t(-1), ids.options())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(edgekd, CPU, m) {
   m.impl("bilstm_attention_forward", &bilstm_attention_forward_cpu);
   m.impl("bilstm_attention_pack", &bilstm_attention_pack_cpu);
+  m.impl("bilstm_attention_check_inputs", &bilstm_attention_check_inputs_cpu);
 }

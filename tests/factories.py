@@ -1,0 +1,214 @@
+"""Tiny models and data for the tests, written once (no download): random BERT classifiers and
+encoders with a WordPiece tokenizer, a word tokenizer and a random BiLSTM student.
+
+Import by name (``from factories import ...``): ``tests/`` is on ``sys.path`` because the root
+``conftest.py`` lives there. torch, transformers and tokenizers are imported inside the functions.
+"""
+from __future__ import annotations
+
+import collections
+import pathlib
+import re
+import string
+from typing import Sequence
+
+# Twelve finance headlines with 3-class labels (the TFNS classes), for compile/runtime/bench tests
+TEXTS = [
+    "Stocks rally as $AAPL beats earnings estimates",
+    "Oil prices slump on weak demand outlook",
+    "Fed holds rates steady, markets flat",
+    "Tesla shares plunge after recall of 2 million cars",
+    "Bank of Japan keeps policy unchanged",
+    "Gold climbs to a record high on safe-haven buying",
+    "Retail sales miss forecasts; dollar weakens",
+    "Nvidia surges 10% on strong data center revenue",
+    "Bond yields rise as inflation stays hot",
+    "Amazon to cut 9,000 more jobs",
+    "Shares of Boeing fall after the FAA grounds jets",
+    "Microsoft raises its dividend and buyback",
+]
+LABELS = [1, 0, 2, 0, 2, 1, 0, 1, 0, 0, 0, 1]
+LABEL_NAMES = ["bearish", "bullish", "neutral"]
+
+# The same twelve rows lower-cased without punctuation or tickers (CLI tests write them to files)
+CLI_TEXTS = [
+    "stocks rally as profits beat estimates", "oil prices slump on weak demand", "the fed holds rates steady",
+    "shares plunge after the recall", "bank keeps policy unchanged", "gold climbs to a record high",
+    "retail sales miss forecasts", "chip maker surges on strong revenue", "bond yields rise as inflation stays hot",
+    "retailer to cut more jobs", "airline shares fall after the grounding", "software maker raises its dividend",
+]
+CLI_LABELS = LABELS
+CLI_LABEL_NAMES = LABEL_NAMES
+
+_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+__all__ = ["TEXTS", "LABELS", "LABEL_NAMES", "CLI_TEXTS", "CLI_LABELS", "CLI_LABEL_NAMES", "wordpiece_tokenizer",
+           "make_word_tokenizer", "tiny_config", "tiny_classifier", "tiny_encoder", "make_batch", "save_tiny_bert",
+           "make_tiny_teacher", "save_tiny_model_dir", "make_tiny_bert", "save_random_student"]
+
+
+# ----------------------------------------------------------------------------------- tokenizers
+def wordpiece_tokenizer(texts: Sequence[str], *, char_fallback: bool = False, min_count: int = 1,
+                        extra_tokens: Sequence[str] = ()):
+    """A BERT-style WordPiece ``tokenizers.Tokenizer`` (ids 0..4 = [PAD] [UNK] [CLS] [SEP] [MASK]).
+
+    Default vocabulary: every word of ``texts`` (BERT pre-tokenizer, lower-cased), sorted, then
+    ``extra_tokens``. ``char_fallback``: single characters and their ``##`` forms, then the words
+    (letters only) seen at least ``min_count`` times, so any text encodes without [UNK].
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    pre = pre_tokenizers.BertPreTokenizer()
+    if char_fallback:
+        counts = collections.Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+        chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+        words = chars + ["##" + c for c in chars] + sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1)
+    else:
+        words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t.lower())})
+    vocab = {t: i for i, t in enumerate(_SPECIALS + words + list(extra_tokens))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def make_word_tokenizer(texts: list[str], path: pathlib.Path) -> pathlib.Path:
+    """A WordLevel tokenizer like the distillation helper's: 0=[PAD], 1=[UNK], lowercase."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words: list[str] = []
+    pre = pre_tokenizers.Whitespace()
+    for t in texts:
+        for w, _ in pre.pre_tokenize_str(t.lower()):
+            if w not in words:
+                words.append(w)
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre
+    tok.save(str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------- tiny BERTs
+def tiny_config(attn: str | None = "eager", **overrides):
+    """A ``BertConfig``: 4 layers, 4 heads, 32 wide, vocabulary 97, 3 labels (``overrides`` win)."""
+    import transformers
+
+    kwargs = dict(vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+                  max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.1,
+                  attention_probs_dropout_prob=0.1)
+    kwargs.update(overrides)
+    cfg = transformers.BertConfig(**kwargs)
+    if attn is not None:
+        cfg._attn_implementation = attn
+    return cfg
+
+
+def tiny_classifier(seed: int = 0, attn: str = "eager", **overrides):
+    """A random ``BertForSequenceClassification`` from :func:`tiny_config`, in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(tiny_config(attn, **overrides)).eval()
+
+
+def tiny_encoder(seed: int = 0, attn: str = "eager", **overrides):
+    """A random ``BertModel`` from :func:`tiny_config`, in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.BertModel(tiny_config(attn, **overrides)).eval()
+
+
+def make_batch(batch: int, seq: int, lengths: list[int] | None = None, seed: int = 0, vocab: int = 97):
+    """BERT feeds ``input_ids`` / ``attention_mask``; rows right-padded (id 0) to ``lengths``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if lengths is not None:
+        for row, n in enumerate(lengths):
+            mask[row, n:] = 0
+            ids[row, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def save_tiny_bert(path, texts: Sequence[str] = TEXTS, *, classifier: bool = True, seed: int = 0,
+                   num_labels: int = 3, label_names: Sequence[str] | None = None, attn: str | None = None,
+                   hf_tokenizer: bool = False, char_fallback: bool = False, min_count: int = 1,
+                   extra_tokens: Sequence[str] = (), **config) -> pathlib.Path:
+    """Save a random tiny BERT (:func:`tiny_config` plus ``config``) with ``save_pretrained`` and a
+    :func:`wordpiece_tokenizer` over ``texts`` in ``path``: a ``tokenizer.json`` (which
+    ``AutoTokenizer`` loads for model_type bert), or with ``hf_tokenizer`` a full
+    ``PreTrainedTokenizerFast`` save. ``label_names`` set ``id2label``/``label2id``."""
+    import torch
+    import transformers
+
+    d = pathlib.Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    tok = wordpiece_tokenizer(texts, char_fallback=char_fallback, min_count=min_count, extra_tokens=extra_tokens)
+    if hf_tokenizer:
+        transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+            mask_token="[MASK]").save_pretrained(str(d))
+    else:
+        tok.save(str(d / "tokenizer.json"))
+    kwargs = dict(vocab_size=tok.get_vocab_size(), num_labels=num_labels)
+    if label_names is not None:
+        kwargs.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    kwargs.update(config)
+    cfg = tiny_config(attn, **kwargs)
+    torch.manual_seed(seed)
+    model = (transformers.BertForSequenceClassification if classifier else transformers.BertModel)(cfg)
+    model.eval().save_pretrained(str(d))
+    return d
+
+
+def make_tiny_teacher(d: pathlib.Path) -> pathlib.Path:
+    """The compile tests' teacher: 2 layers, 2 heads, 32 wide, WordPiece over :data:`TEXTS`."""
+    return save_tiny_bert(d, TEXTS, label_names=LABEL_NAMES, extra_tokens=("##s", "##ing"),
+                          num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def save_tiny_model_dir(d, classifier: bool = True, num_labels: int = 3, seed: int = 0, label_names=None,
+                        **overrides) -> pathlib.Path:
+    """The prune CLI tests' model: :func:`tiny_config` (4 layers, 4 heads), WordPiece over :data:`CLI_TEXTS`."""
+    return save_tiny_bert(d, CLI_TEXTS, classifier=classifier, seed=seed, num_labels=num_labels,
+                          label_names=label_names, attn="eager", **overrides)
+
+
+def make_tiny_bert(path, texts, num_labels: int = 3, seed: int = 0, hidden: int = 16, layers: int = 2):
+    """The distillation tests' teacher: a random ``layers``-layer, ``hidden``-wide BERT classifier whose
+    vocabulary covers any text (characters, their ## forms, and the words of ``texts`` seen twice)."""
+    return save_tiny_bert(pathlib.Path(path), texts, seed=seed, num_labels=num_labels,
+                          label_names=LABEL_NAMES[:num_labels], hf_tokenizer=True, char_fallback=True, min_count=2,
+                          hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                          intermediate_size=2 * hidden, max_position_embeddings=128, hidden_dropout_prob=0.1,
+                          attention_probs_dropout_prob=0.1)
+
+
+# ----------------------------------------------------------------------------------- students
+def save_random_student(out: pathlib.Path, vocab_size: int, E: int = 16, H: int = 12, A: int = 10, C: int = 3,
+                        seed: int = 0, scale: float = 0.5) -> pathlib.Path:
+    """Save an edgekd BiLSTMAttentionStudent with random weights (std ``scale``, so that logits
+    and attention are far from uniform) through its own ``save_pretrained``."""
+    import torch
+
+    from edgekd.students import BiLSTMAttentionStudent
+
+    torch.manual_seed(seed)
+    model = BiLSTMAttentionStudent(vocab_size, embed_dim=E, hidden_size=H, num_classes=C, pad_id=0,
+                                   attention_dim=A, label_names=LABEL_NAMES[:C])
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.normal_(0.0, scale)
+        model.embedding.weight[0] = 0.0
+    model.save_pretrained(out)
+    return out
