@@ -12,7 +12,8 @@ Implementations (forward KL, temperature 1, fp32, the same inputs):
 Each (N, implementation) runs in a fresh subprocess: build the inputs, (N < 8192) one warm-up step,
 reset the peak-RSS counter (``/proc/self/clear_refs``), run the timed steps and read ``VmHWM``.
 "extra MB" = peak RSS minus the RSS with the inputs allocated (outputs, gradients and every
-temporary included, inputs excluded); "peak MB" = the whole process's peak RSS. Timing is the
+temporary included, inputs excluded; the ``peak_mb`` column of the CSV, in the common schema of
+``benchmarks/common.py``); ``peak_rss_mb`` = the whole process's peak RSS. Timing is the
 wall-clock of whole forward + backward steps (median, with the spread of the runs): the steps take
 seconds, so ``torch.utils.benchmark`` adds nothing. The machine load (``os.getloadavg``) is
 recorded: on a shared machine the times are noisy, re-run on an idle one.
@@ -23,12 +24,9 @@ recorded: on a shared machine the times are noisy, re-run on an idle one.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 IMPLS = ("naive", "fused_dense", "fused_sparse_k64")
 V, H = 49152, 576
@@ -121,55 +120,44 @@ def main() -> None:
         impl, N, runs, warmup, threads = args.child
         print(json.dumps(child(impl, int(N), int(runs), int(warmup), int(threads))))
         return
-    import torch
+    import common
 
     sizes = args.sizes or ([512] if args.quick else [512, 2048, 8192])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
-    print(f"fused_linear_kd vs naive KD: V={V} H={H} fp32 forward KL, threads={args.threads}, {machine}, "
-          f"torch {torch.__version__}, {stamp}")
+    info = common.machine_info(threads=args.threads)
+    stamp = common.now()
+    print(common.banner(f"fused_linear_kd vs naive KD: V={V} H={H} fp32 forward KL", info))
     rows = []
     for N in sizes:
         runs, warmup = (3, 1) if N < 8192 else (1, 0)
         res = {}
         for impl in IMPLS:
             load = os.getloadavg()[0]
-            r = run_case(impl, N, runs, warmup, args.threads)
-            r["load"] = load
-            res[impl] = r
+            res[impl] = dict(run_case(impl, N, runs, warmup, args.threads), load=load)
         base = res["naive"]
+        bmed = statistics.median(base["times"]) * 1e3 if "error" not in base else None
         for impl in IMPLS:
             r = res[impl]
-            row = {"N": N, "V": V, "H": H, "impl": impl, "mode": "full", "device": "cpu", "machine": machine,
-                   "torch": torch.__version__, "threads": args.threads, "time": stamp, "load": f"{r['load']:.1f}"}
+            case = common.fmt_case(N=N, V=V, H=H)
             if "error" in r:
-                row["note"] = " ".join(r["error"])[:200]
-                print(f"N={N:5d} {impl:18s} FAILED: {row['note']}")
-                rows.append(row)
+                note = " ".join(r["error"])[:200]
+                print(f"N={N:5d} {impl:18s} FAILED: {note}")
+                rows.append(common.make_row(case, impl, "full", None, extra=common.fmt_extra(
+                    load=f"{r['load']:.1f}", error=note.replace(";", ",")), info=info, time=stamp))
                 continue
             med = statistics.median(r["times"]) * 1e3
             spread = (max(r["times"]) - min(r["times"])) * 1e3
-            row.update(median_ms=f"{med:.0f}", spread_ms=f"{spread:.0f}", runs=len(r["times"]),
-                       extra_mb=f"{r['extra_mb']:.0f}", peak_mb=f"{r['peak_mb']:.0f}", loss=f"{r['loss']:.6f}")
-            if "error" not in base:
-                bmed = statistics.median(base["times"]) * 1e3
-                row["speedup"] = f"{bmed / med:.2f}x"
-                row["mem_ratio"] = f"{r['extra_mb'] / max(base['extra_mb'], 1e-9):.4f}"
+            ratio = bmed / med if bmed else None
+            mem = r["extra_mb"] / base["extra_mb"] if "error" not in base else None
             print(f"N={N:5d} {impl:18s} {med:9.0f} ms (spread {spread:6.0f}, {len(r['times'])} runs)  "
                   f"extra {r['extra_mb']:8.0f} MB  peak {r['peak_mb']:8.0f} MB  "
-                  f"speed-up {row.get('speedup', '-'):>6s}  mem {row.get('mem_ratio', '-')}  load {r['load']:.1f}")
-            rows.append(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "llm_kd.csv"
-    fields = ["N", "V", "H", "impl", "mode", "device", "machine", "torch", "threads", "time", "load", "median_ms",
-              "spread_ms", "runs", "extra_mb", "peak_mb", "mem_ratio", "speedup", "loss", "note"]
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"appended {len(rows)} rows to {path}")
+                  f"speed-up {'-' if ratio is None else f'{ratio:.2f}x':>6s}  "
+                  f"mem {'-' if mem is None else f'{mem:.4f}'}  load {r['load']:.1f}")
+            rows.append(common.make_row(
+                case, impl, "full", med, spread, r["extra_mb"], ratio,
+                common.fmt_extra(peak_rss_mb=f"{r['peak_mb']:.0f}", mem_vs_naive=None if mem is None else f"{mem:.4f}",
+                                 runs=len(r["times"]), load=f"{r['load']:.1f}", loss=f"{r['loss']:.6f}"),
+                info=info, time=stamp))
+    common.append_rows(RESULTS / "llm_kd.csv", rows)
 
 
 if __name__ == "__main__":

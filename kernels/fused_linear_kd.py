@@ -233,7 +233,7 @@ def forward(hidden, weight, bias, valid, teacher_logits, labels, loss, temperatu
     kd_on = w < 1.0 and not (code in (4, 5) and alpha >= 1.0)
     c_kd = (1.0 - w) * temperature if kd_on else 0.0
     l_kd = (1.0 - w) * temperature * temperature if kd_on else 0.0
-    BLOCK, num_warps = calculate_settings(min(V, MAX_BLOCK))
+    BLOCK, num_warps = calculate_settings(V, max_block=MAX_BLOCK)
     W32 = weight.float()
     b32 = bias.float() if bias is not None else None
     t32 = teacher_logits.float()
