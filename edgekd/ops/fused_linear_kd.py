@@ -36,7 +36,13 @@ from edgekd.errors import EdgekdValueError
 from edgekd.ops import kd_math
 from edgekd.ops._common import tracing, triton_kernels
 
-__all__ = ["fused_linear_kd", "fused_linear_kd_reference", "chunked_forward", "default_chunk_size"]
+__all__ = [
+    "fused_linear_kd",
+    "fused_linear_kd_reference",
+    "chunked_forward",
+    "default_chunk_size",
+    "check_fused_linear_kd_inputs",
+]
 
 IGNORE_INDEX = -100
 
@@ -82,7 +88,7 @@ if not _ext.has_extension():  # a second CPU registration would silently overrid
 
 
 # --------------------------------------------------------------------------------------------
-# CUDA (Triton; sparse teachers run the chunked PyTorch path)
+# CUDA (Triton)
 # --------------------------------------------------------------------------------------------
 @torch.library.register_kernel(_OP, "cuda")
 def _cuda(hidden, weight, bias, valid, teacher_logits, topk_ids, topk_logprobs, tail_logmass, labels,
@@ -173,8 +179,8 @@ def fused_linear_kd(
 
     Returns the scalar loss; differentiable in ``hidden``, ``weight`` and ``bias`` (first order).
     """
-    t, ids, lps, tail = _check(hidden, weight, bias, teacher, labels, mask, loss, temperature, beta, alpha,
-                               ce_weight, validate)
+    t, ids, lps, tail = check_fused_linear_kd_inputs(hidden, weight, bias, teacher, labels, mask, loss, temperature,
+                                                     beta, alpha, ce_weight, validate)
     N = hidden.shape[0]
     valid = torch.ones(N, dtype=torch.bool, device=hidden.device)
     if mask is not None:
@@ -195,7 +201,7 @@ def fused_linear_kd(
 
 
 # --------------------------------------------------------------------------------------------
-# Reference (plain PyTorch: materialised logits; and the chunked implementation)
+# Reference
 # --------------------------------------------------------------------------------------------
 def fused_linear_kd_reference(
     hidden: Tensor,
@@ -301,7 +307,10 @@ def chunked_forward(
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-def _check(hidden, weight, bias, teacher, labels, mask, loss, temperature, beta, alpha, ce_weight, validate):
+def check_fused_linear_kd_inputs(hidden, weight, bias, teacher, labels, mask, loss, temperature, beta, alpha,
+                                 ce_weight, validate=True):
+    """Validate the public function's inputs (raise :class:`EdgekdValueError` naming the problem);
+    returns the op's teacher arguments ``(teacher_logits, topk_ids, topk_logprobs, tail_logmass)``."""
     who = "fused_linear_kd"
     kd_math.check_loss_settings(loss, temperature, beta, alpha, ce_weight, who)
     for name, t in (("hidden", hidden), ("weight", weight)):
