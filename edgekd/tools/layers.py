@@ -60,7 +60,30 @@ def package_dir() -> Path:
 
 def iter_modules(pkg_dir: Path | None = None, package: str = ROOT_PACKAGE):
     """(dotted name, path) of every ``.py`` file under ``pkg_dir`` (symlinked sub-packages included)."""
+    default = pkg_dir is None or Path(pkg_dir).resolve() == package_dir()
     pkg_dir = Path(pkg_dir or package_dir())
+    yield from _walk(pkg_dir, package)
+    if default and not (pkg_dir / "kernels").is_dir():
+        # a source checkout ships the Triton kernels from the repository's kernels/ folder as
+        # edgekd.kernels (setup.py's package_dir): walk them where the import system finds them
+        kernels = _subpackage_dir(f"{package}.kernels")
+        if kernels is not None:
+            yield from _walk(kernels, f"{package}.kernels")
+
+
+def _subpackage_dir(name: str) -> Path | None:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _walk(pkg_dir: Path, package: str):
     for dirpath, dirnames, filenames in os.walk(pkg_dir, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
         rel = Path(dirpath).relative_to(pkg_dir)
