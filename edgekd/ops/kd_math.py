@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "effective_loss",
     "check_loss_settings",
     "check_sparse_teacher",
     "LOSS_NAMES",
@@ -119,6 +120,16 @@ def _clip_parts(lp: Tensor, lq: Tensor, alpha: float):
     return p, keep, clip, any_clip, pc, lpc, lqc
 
 
+def effective_loss(loss: str, beta: float, alpha: float) -> str:
+    """The loss actually computed: jsd at beta = 0 / 1 is forward / reverse KL, the skew KLs at
+    alpha = 0 are the plain KLs."""
+    if (loss == "jsd" and beta == 0.0) or (loss == "skew_forward_kl" and alpha == 0.0):
+        return "forward_kl"
+    if (loss == "jsd" and beta == 1.0) or (loss == "skew_reverse_kl" and alpha == 0.0):
+        return "reverse_kl"
+    return loss
+
+
 def divergence(lp: Tensor, lq: Tensor, loss: str, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
     """Per-row divergence (n,) between teacher ``lp`` and student ``lq`` bucket log-probs (n, K).
 
@@ -126,9 +137,10 @@ def divergence(lp: Tensor, lq: Tensor, loss: str, beta: float = 0.5, alpha: floa
     the formulas. ``loss`` must be one of :data:`LOSS_NAMES` (callers validate).
     """
     p, q = lp.exp(), lq.exp()
-    if loss == "forward_kl" or (loss == "jsd" and beta == 0.0) or (loss == "skew_forward_kl" and alpha == 0.0):
+    loss = effective_loss(loss, beta, alpha)
+    if loss == "forward_kl":
         return _xdiff(p, lp, lq).sum(-1)
-    if loss == "reverse_kl" or (loss == "jsd" and beta == 1.0) or (loss == "skew_reverse_kl" and alpha == 0.0):
+    if loss == "reverse_kl":
         return _xdiff(q, lq, lp).sum(-1)
     if loss == "jsd":
         lm = _logmix(lp, beta, lq, 1.0 - beta)
@@ -163,9 +175,10 @@ def divergence_grad(lp: Tensor, lq: Tensor, loss: str, beta: float = 0.5, alpha:
     """
     p, q = lp.exp(), lq.exp()
     zero = torch.zeros_like(q)
-    if loss == "forward_kl" or (loss == "jsd" and beta == 0.0) or (loss == "skew_forward_kl" and alpha == 0.0):
+    loss = effective_loss(loss, beta, alpha)
+    if loss == "forward_kl":
         return -p
-    if loss == "reverse_kl" or (loss == "jsd" and beta == 1.0) or (loss == "skew_reverse_kl" and alpha == 0.0):
+    if loss == "reverse_kl":
         return _xdiff(q, lq, lp)
     if loss == "jsd":
         lm = _logmix(lp, beta, lq, 1.0 - beta)

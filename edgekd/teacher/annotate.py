@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edgekd.chunks import chunk_path, load_chunk, save_chunk_atomic
 from edgekd.data.datasets import TextDataset
 from edgekd.data.tokenizer import WordTokenizer
 from edgekd.errors import EdgekdValueError
@@ -186,36 +187,23 @@ def annotation_key(
     return h.hexdigest()
 
 
-def _chunk_path(d: Path, k: int) -> Path:
-    return d / f"chunk_{k:05d}.safetensors"
-
-
 def _save_chunk(path: Path, logits, attrs: list[np.ndarray], has_attr, delta) -> None:
-    from safetensors.numpy import save_file
-
     lengths = np.array([a.size for a in attrs], dtype=np.int64)
     flat = np.concatenate(attrs).astype(np.float32) if attrs else np.zeros(0, np.float32)
-    tmp = path.with_suffix(".tmp")
-    save_file(
+    save_chunk_atomic(
+        path,
         {
-            "logits": np.ascontiguousarray(logits, dtype=np.float32),
+            "logits": np.asarray(logits, dtype=np.float32),
             "attr_flat": flat,
             "lengths": lengths,
             "has_attr": np.asarray(has_attr, dtype=np.uint8),
             "delta": np.asarray(delta, dtype=np.float32),
         },
-        str(tmp),
     )
-    os.replace(tmp, path)
 
 
 def _load_chunk(path: Path) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    try:
-        d = load_file(str(path))
-    except Exception as exc:
-        raise EdgekdValueError(f"annotation cache: {path} is corrupt ({exc}); delete it to recompute") from None
+    d = load_chunk(path, "annotation cache")
     lengths = d["lengths"]
     splits = np.cumsum(lengths)[:-1]
     attrs = [a.astype(np.float32) for a in np.split(d["attr_flat"], splits)] if lengths.size else []
@@ -299,7 +287,7 @@ def annotate(
     new_chunks = 0
     todo = []
     for k in range(n_chunks):
-        p = _chunk_path(d, k) if d is not None else None
+        p = chunk_path(d, k) if d is not None else None
         if p is not None and p.exists():
             lo = k * chunk_size
             lg, at, ha, dl = _load_chunk(p)
@@ -328,7 +316,7 @@ def annotate(
                 teacher, dataset, word_tokenizer, range(lo, hi), wanted, attributor, ig, logits_batch_size, bar
             )
             if d is not None:
-                _save_chunk(_chunk_path(d, k), lg, at, ha, dl)
+                _save_chunk(chunk_path(d, k), lg, at, ha, dl)
             logits_all[lo:hi] = lg
             attrs_all[lo:hi] = at
             has_all[lo:hi] = ha

@@ -9,7 +9,7 @@ import re
 import pytest
 
 OPS = pathlib.Path(__file__).resolve().parents[2] / "edgekd" / "ops"
-OP_MODULES = ["perturbed_topk", "masked_bilstm", "masked_attention_pool", "bilstm_attention"]
+OP_MODULES = ["perturbed_topk", "masked_bilstm", "masked_attention_pool", "bilstm_attention", "fused_linear_kd"]
 SECTIONS = [
     "Schema",
     "Fake kernel",
