@@ -7,7 +7,9 @@
 - :mod:`edgekd.llm.prune`: students made from the teacher by structured pruning: depth (block
   influence, perplexity drop, evenly spaced layers) and width (MLP channels, whole GQA groups).
 - :mod:`edgekd.llm.trainer`: the trainer for generative students on the shared loop
-  (:func:`train_causal_lm`: KD against a teacher, or CE only), held-out perplexity.
+  (:func:`train_causal_lm`: KD against a teacher, or CE only; on-policy GKD mode; fused linear + KD
+  loss), held-out perplexity.
+- :mod:`edgekd.llm.onpolicy`: the student's sampled completions of on-policy distillation.
 
 The names below are imported on first use.
 """

@@ -18,6 +18,14 @@ The teacher is a model (run under ``no_grad`` on each micro-batch) or a
 callable ``teacher(indices) -> dense logits (B, T-1, V) or a SparseTeacher`` (positions aligned with
 the student's shifted logits). With ``cache_dir`` the teacher model runs once over the training set
 into the sparse teacher cache (:func:`cached_teacher`, :mod:`edgekd.llm.cache`) and every step reads it.
+
+``config.on_policy_lambda`` (GKD's lambda, :mod:`edgekd.llm.onpolicy`): with that probability per step
+(a coin seeded by ``loop.seed`` and the step) the step's completions are sampled from the student
+(``max_new_tokens``, ``sampling_temperature``; from each row's prompt, no gradient) and scored by the
+live teacher model; the loss covers the sampled tokens only. A cache or callable teacher is refused.
+``config.fused``: the KD (+CE) loss from the student's final hidden states and its lm_head weight
+through :func:`edgekd.ops.fused_linear_kd.fused_linear_kd`, so the (N, V) student logits are never
+materialised (same loss and gradients as the unfused path up to float rounding).
 """
 from __future__ import annotations
 
@@ -35,7 +43,9 @@ __all__ = ["LLMTrainConfig", "LLMTrainResult", "train_causal_lm", "evaluate_perp
 
 IGNORE = -100
 
-from edgekd.llm.losses import kd_loss
+from edgekd.llm.losses import SparseTeacher, kd_loss
+from edgekd.llm.onpolicy import (check_on_policy, on_policy_step, require_live_teacher, sample_completions,
+                                 sampling_seed)
 from edgekd.ops import kd_math
 
 
@@ -50,6 +60,11 @@ class LLMTrainConfig:
     alpha: float = 0.1  # skew KLs
     eval_batch_size: int = 8  # also the teacher's batch when it fills the cache
     cache_topk: int = 64  # teacher tokens kept per position in the sparse cache (train_causal_lm(cache_dir=...))
+    on_policy_lambda: float = 0.0  # GKD lambda: probability per step of training on student-sampled completions
+    max_new_tokens: int = 32  # length limit of an on-policy completion
+    sampling_temperature: float = 1.0  # temperature of the student's on-policy sampling (not the loss's)
+    fused: bool = False  # KD (+CE) through edgekd.ops.fused_linear_kd: the (N, V) student logits never exist
+    fused_chunk_size: int = 0  # rows per chunk of the fused op (0: its default)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=1e-4, batch_size=4, warmup_ratio=0.05,
                                                                  weight_decay=0.0, metric="neg_eval_loss",
                                                                  select_best=False))
@@ -58,6 +73,13 @@ class LLMTrainConfig:
         if self.loss != "ce":
             kd_math.check_loss_settings(self.loss, self.temperature, self.beta, self.alpha, self.ce_weight,
                                         "LLMTrainConfig")
+        check_on_policy(self.on_policy_lambda, self.max_new_tokens, self.sampling_temperature)
+        if self.on_policy_lambda > 0 and self.loss == "ce":
+            raise EdgekdValueError("LLMTrainConfig: on_policy_lambda > 0 needs a KD loss and a teacher, not loss='ce'")
+        if self.fused and self.loss == "ce":
+            raise EdgekdValueError("LLMTrainConfig: fused=True computes a KD loss; for CE-only training use fused=False")
+        if not isinstance(self.fused_chunk_size, int) or self.fused_chunk_size < 0:
+            raise EdgekdValueError(f"LLMTrainConfig.fused_chunk_size must be an int >= 0, got {self.fused_chunk_size!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise EdgekdValueError(f"LLMTrainConfig.eval_batch_size must be an int >= 1, got {self.eval_batch_size!r}")
         self.loop.validate()
@@ -238,6 +260,39 @@ def cached_teacher(teacher: torch.nn.Module, data: Mapping[str, torch.Tensor], c
     return get
 
 
+def _check_fusable(model: torch.nn.Module) -> None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or getattr(model, "base_model", model) is model:
+        raise EdgekdValueError("train_causal_lm: fused=True needs a Hugging Face causal LM with a linear output "
+                               "projection (lm_head) over a base model")
+    cfg = getattr(model, "config", None)
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(cfg, name, None) not in (None, 1.0):
+            raise EdgekdValueError(f"train_causal_lm: fused=True cannot reproduce the model's {name} "
+                                   f"({getattr(cfg, name)}); use fused=False")
+
+
+def _fused_kd(model: torch.nn.Module, batch: Mapping[str, Any], target: Any, labels: torch.Tensor,
+              cfg: LLMTrainConfig, n_tokens: int) -> torch.Tensor:
+    """The KD (+CE) loss from the base model's final hidden states and the lm_head weight through
+    ``edgekd::fused_linear_kd`` (no (N, V) student logits; a tied lm_head is the embedding Parameter,
+    so its gradient reaches the embedding)."""
+    from edgekd.ops.fused_linear_kd import fused_linear_kd
+
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    n = hidden.shape[0] * hidden.shape[1]
+    if isinstance(target, SparseTeacher):
+        target = SparseTeacher(target.topk_ids.reshape(n, -1), target.topk_logprobs.reshape(n, -1),
+                               target.tail_logmass.reshape(n), target.temperature)
+    else:
+        target = target.reshape(n, -1)
+    return fused_linear_kd(hidden.reshape(n, -1), head.weight, target, bias=head.bias, loss=cfg.loss,
+                           temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha, labels=labels.reshape(n),
+                           ce_weight=cfg.ce_weight, num_valid_tokens=n_tokens, chunk_size=cfg.fused_chunk_size)
+
+
 def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], *, teacher: Any = None,
                     config: LLMTrainConfig | None = None, eval_data: Mapping[str, torch.Tensor] | None = None,
                     checkpoint_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
@@ -260,6 +315,10 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
     if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
         raise EdgekdValueError(f"train_causal_lm: teacher vocabulary {t_vocab} != student vocabulary {s_vocab} "
                                "(no token mapping)")
+    if cfg.on_policy_lambda > 0:
+        require_live_teacher(teacher, cache_dir)
+    if cfg.fused:
+        _check_fusable(student)
     if cache_dir is not None and isinstance(teacher, torch.nn.Module):
         teacher = cached_teacher(teacher, d, cache_dir, topk=cfg.cache_topk, temperature=cfg.temperature,
                                  batch_size=cfg.eval_batch_size)
@@ -275,7 +334,14 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
     def on_step(step: int, total: int) -> None:
         epoch, pos = divmod(step, spe)
         idx = order(epoch)[pos * step_examples:(pos + 1) * step_examples]
-        cur["n_tokens"] = max(int(valid[idx].sum()), 1)
+        cur["gen"] = None
+        if on_policy_step(cfg.on_policy_lambda, loop.seed, step):  # the step's completions from the student
+            gen = sample_completions(student, make_batch(idx), max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.sampling_temperature, seed=sampling_seed(loop.seed, step))
+            cur["gen"] = (gen, {int(i): r for r, i in enumerate(idx)})
+            cur["n_tokens"] = max(int(_valid_targets(gen["labels"]).sum()), 1)
+        else:
+            cur["n_tokens"] = max(int(valid[idx].sum()), 1)
         cur["n_examples"] = len(idx)
         cur["trained"] = cur.get("trained", 0) + cur["n_tokens"]
 
@@ -284,18 +350,26 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
                 "labels": d["labels"][idx], "idx": list(idx)}
 
     def loss_fn(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits[:, :-1]
+        if cur["gen"] is not None:  # on-policy step: this micro-batch's rows of the sampled sequences
+            gen, row = cur["gen"]
+            rows = [row[int(i)] for i in batch["idx"]]
+            dev = batch["input_ids"].device
+            batch = {**{k: v[rows].to(dev) for k, v in gen.items()}, "idx": batch["idx"]}
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE
-        if ce_only:
-            loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
-                                                     reduction="sum") / cur["n_tokens"]
+        if cfg.fused:
+            loss = _fused_kd(model, batch, get_teacher(batch["idx"], batch), labels, cfg, cur["n_tokens"])
         else:
-            target = get_teacher(batch["idx"], batch)
-            loss = kd_loss(logits, target, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
-                           alpha=cfg.alpha, mask=mask, num_valid_tokens=cur["n_tokens"],
-                           ce_weight=cfg.ce_weight, labels=labels)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits[:, :-1]
+            if ce_only:
+                loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels,
+                                                         ignore_index=IGNORE, reduction="sum") / cur["n_tokens"]
+            else:
+                target = get_teacher(batch["idx"], batch)
+                loss = kd_loss(logits, target, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
+                               alpha=cfg.alpha, mask=mask, num_valid_tokens=cur["n_tokens"],
+                               ce_weight=cfg.ce_weight, labels=labels)
         # the shared loop weights a micro-batch's loss by its share of the step's examples; this loss is
         # already the micro-batch's share of the step's token mean, so undo that weighting
         share = len(batch["idx"]) / cur["n_examples"]
