@@ -65,6 +65,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                         "skew_reverse_kl, akl, clipped_kl")
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--ce-weight", dest="ce_weight", type=float, default=0.0, help="(1 - w) KD + w CE")
+    d.add_argument("--beta", type=float, default=0.5, help="generalized JSD's beta (0: forward KL, 1: reverse KL)")
+    d.add_argument("--alpha", type=float, default=0.1, help="skew KLs' alpha")
+    d.add_argument("--on-policy-lambda", dest="on_policy_lambda", type=float, default=0.0,
+                   help="GKD lambda: probability per step of training on student-sampled completions "
+                        "(needs a live --teacher)")
+    d.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=32,
+                   help="length limit of an on-policy completion")
+    d.add_argument("--sampling-temperature", dest="sampling_temperature", type=float, default=1.0,
+                   help="temperature of the student's on-policy sampling (not the loss's)")
+    d.add_argument("--fused", action="store_true",
+                   help="KD (+CE) through the fused linear + KD op: the (N, V) student logits never exist")
     d.add_argument("--epochs", type=float, default=1.0)
     d.add_argument("--max-steps", dest="max_steps", type=int)
     d.add_argument("--lr", type=float, default=1e-4)
@@ -121,7 +132,10 @@ def _distill(args) -> int:
     teacher = load_causal_lm(args.teacher, tokenizer=False)[0] if args.loss != "ce" else None
     train = pack_texts(tok, train_texts, args.max_length)
     valid = pack_texts(tok, valid_texts, args.max_length) if valid_texts else None
-    cfg = LLMTrainConfig(loss=args.loss, temperature=args.temperature, ce_weight=args.ce_weight)
+    cfg = LLMTrainConfig(loss=args.loss, temperature=args.temperature, ce_weight=args.ce_weight,
+                         beta=args.beta, alpha=args.alpha, on_policy_lambda=args.on_policy_lambda,
+                         max_new_tokens=args.max_new_tokens, sampling_temperature=args.sampling_temperature,
+                         fused=args.fused)
     lc = cfg.loop
     lc.epochs, lc.max_steps, lc.lr, lc.batch_size, lc.grad_accum, lc.seed = (
         args.epochs, args.max_steps, args.lr, args.batch_size, args.grad_accum, args.seed)

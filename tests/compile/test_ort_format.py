@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from compile_helpers import LABELS, TEXTS
+from factories import LABELS, TEXTS
 from edgekd.errors import BundleError, EdgekdValueError
 from edgekd.runtime import Bundle
 

@@ -57,3 +57,37 @@ def test_user_errors_exit_2(files, capsys):
     assert main(["llm", "distill", "--student", str(t / "teacher"), "--train", str(t / "blank.txt"),
                  "--loss", "ce", "--out", str(t / "d")]) == 2
     assert "blank.txt: holds no texts" in capsys.readouterr().err
+
+
+def test_distill_on_policy_and_fused_flags(files, capsys, monkeypatch):
+    t = files
+    args = ["llm", "distill", "--student", str(t / "teacher"), "--teacher", str(t / "teacher"),
+            "--train", str(t / "train.txt"), "--loss", "jsd", "--beta", "0.3", "--on-policy-lambda", "1",
+            "--max-new-tokens", "3", "--sampling-temperature", "0.7", "--fused", "--max-length", "8",
+            "--max-steps", "2"]
+    # a real run with every new flag
+    assert main(args + ["--out", str(t / "d_gkd")]) == 0
+    assert "2 steps" in capsys.readouterr().out
+    assert (t / "d_gkd" / "model.safetensors").is_file()
+    # the flags reach the trainer's config
+    import edgekd.llm.trainer as trainer
+
+    seen = {}
+
+    def fake_train(student, data, *, config, **kw):
+        seen["config"] = config
+        raise KeyboardInterrupt  # stop before training; main() answers 130
+
+    monkeypatch.setattr(trainer, "train_causal_lm", fake_train)
+    assert main(args + ["--out", str(t / "d_seen")]) == 130
+    c = seen["config"]
+    assert (c.loss, c.beta, c.on_policy_lambda, c.max_new_tokens, c.sampling_temperature, c.fused) == (
+        "jsd", 0.3, 1.0, 3, 0.7, True)
+    monkeypatch.undo()
+    capsys.readouterr()
+    # bad settings: one line, exit 2
+    assert main(args + ["--on-policy-lambda", "1.5", "--out", str(t / "bad")]) == 2
+    assert "on_policy_lambda" in capsys.readouterr().err
+    assert main(["llm", "distill", "--student", str(t / "teacher"), "--train", str(t / "train.txt"), "--loss", "ce",
+                 "--fused", "--out", str(t / "bad2")]) == 2
+    assert "fused=True" in capsys.readouterr().err

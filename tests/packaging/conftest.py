@@ -18,7 +18,7 @@ def runtime_dist(tmp_path_factory) -> dict[str, pathlib.Path]:
 def tiny_bundle(tmp_path_factory, student_dir) -> pathlib.Path:
     """The tiny student of tests/conftest.py compiled by edgekd.compile (x86_64 and arm64
     variants, fp32 and int8, with their ORT-format copies)."""
-    from compile_helpers import LABELS, TEXTS
+    from factories import LABELS, TEXTS
     from edgekd.compile import compile_student
 
     return compile_student(student_dir, tmp_path_factory.mktemp("pkg-bundle") / "bundle", eval_texts=TEXTS,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from packaging_helpers import REPO, make_venv, run
-from compile_helpers import TEXTS
+from factories import TEXTS
 from edgekd.runtime.emulation import arm64_available, arm64_tool, ensure_arm64
 from runtime_layout import runtime_files
 
