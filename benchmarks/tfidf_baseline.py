@@ -13,23 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.data.datasets import TextDataset
 from edgekd.data.readers import read_texts
 from edgekd.distill.baselines import export_onnx, fit_tfidf, onnx_predict, time_onnx
 from edgekd.metrics import accuracy, macro_f1
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def stratified_dev(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    dev = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        dev.extend(idx[: max(1, round(fraction * len(idx)))])
-    mask = np.zeros(len(labels), bool)
-    mask[dev] = True
-    return mask
 
 
 def main() -> None:
@@ -39,16 +28,14 @@ def main() -> None:
     args = ap.parse_args()
     train_t, train_y = read_texts(DATA / "tfns" / "sent_train.csv")
     test_t, test_y = read_texts(DATA / "tfns" / "sent_valid.csv")
-    y = np.asarray(train_y)
-    dev = stratified_dev(y, 0.1, args.seed)
-    tr = [t for t, d in zip(train_t, dev) if not d]
-    dv = [t for t, d in zip(train_t, dev) if d]
+    full = TextDataset(list(train_t), [int(v) for v in train_y], ["bearish", "bullish", "neutral"])
+    tr, dv = full.stratified_split(0.1, seed=args.seed)  # the dev split of the distillation protocol
     print(f"train {len(tr)}, dev {len(dv)}, evaluation {len(test_t)} (TFNS sent_valid.csv)")
     print("| model | accuracy | macro-F1 | parameters | ONNX MB | b1 latency ms (ONNX, 1 thread) | C, class weight (dev) |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("lr", "svm"):
-            fit = fit_tfidf(kind, tr, y[~dev], dv, y[dev], seed=args.seed)
+            fit = fit_tfidf(kind, tr.texts, tr.labels, dv.texts, dv.labels, seed=args.seed)
             pred = fit.pipeline.predict(test_t)
             path = export_onnx(fit, Path(tmp) / f"{kind}.onnx")
             agree = float(np.mean(onnx_predict(path, test_t) == pred))

@@ -57,6 +57,20 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise EdgekdValueError(f"{p}: invalid TOML ({exc})") from None
 
 
+def read_json_object(path: str | os.PathLike, where: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a model's ``config.json``, say); an ``EdgekdValueError`` starting
+    with ``where`` when it is not valid UTF-8 JSON or not an object."""
+    import json
+
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgekdValueError(f"{where}: {path} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise EdgekdValueError(f"{where}: {path} is not a JSON object")
+    return obj
+
+
 def field_names(cls_or_obj: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(cls_or_obj)]
 

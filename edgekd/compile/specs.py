@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from edgekd.errors import EdgekdValueError
+from edgekd.settings import read_json_object
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,7 @@ def detect_model_kind(source: str | pathlib.Path) -> str:
     if not cfg_path.is_file():
         raise EdgekdValueError(f"source: cannot detect the model kind of {path}: it holds no config.json; "
                                f"pass the kind explicitly, one of {registered_kinds()}")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgekdValueError(f"source: {cfg_path} is not valid JSON: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise EdgekdValueError(f"source: {cfg_path} is not a JSON object")
+    cfg = read_json_object(cfg_path, "source")
     if cfg.get("model_type") == "bilstm_attention":
         return "bilstm_attention"
     archs = cfg.get("architectures") or []

@@ -22,7 +22,6 @@ PyTorch student (checked in ``tests/compile/test_student_export.py``).
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import EdgekdValueError
+from edgekd.settings import read_json_object
 
 STUDENT_MODEL_TYPE = "bilstm_attention"
 #: a large finite negative used for masked attention scores (exp underflows to exactly 0)
@@ -59,12 +59,7 @@ def load_student_weights(model_dir: str | pathlib.Path) -> StudentWeights:
     for p in (cfg_path, st_path):
         if not p.is_file():
             raise EdgekdValueError(f"model_dir: expected a saved student with {p.name}, but {p} does not exist")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgekdValueError(f"model_dir: {cfg_path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise EdgekdValueError(f"model_dir: {cfg_path} must hold a JSON object")
+    config = read_json_object(cfg_path, "model_dir")
     if config.get("model_type") != STUDENT_MODEL_TYPE:
         raise EdgekdValueError(
             f"model_dir: config.json model_type must be {STUDENT_MODEL_TYPE!r}, got {config.get('model_type')!r}"

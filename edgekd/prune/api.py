@@ -24,6 +24,7 @@ import torch
 
 from edgekd.data import TextDataset
 from edgekd.errors import EdgekdValueError
+from edgekd.settings import read_json_object
 from edgekd.training import LoopConfig, LoopResult, param_groups, seed_everything, train_loop
 
 __all__ = ["PruneResult", "train_token_pruned", "prune_heads_by_importance", "evaluate_classifier",
@@ -63,13 +64,7 @@ def read_model_config(model_dir: str | pathlib.Path) -> tuple[pathlib.Path, dict
         raise EdgekdValueError(f"model: {path} holds no config.json (not a Hugging Face model directory)")
     if not (path / "model.safetensors").is_file():
         raise EdgekdValueError(f"model: {path} holds no model.safetensors (only safetensors weights are loaded)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgekdValueError(f"model: {cfg_path} is not valid JSON: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise EdgekdValueError(f"model: {cfg_path} is not a JSON object")
-    return path, cfg
+    return path, read_json_object(cfg_path, "model")
 
 
 def custom_label_names(cfg: Mapping[str, Any]) -> list[str] | None:
