@@ -25,7 +25,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("edgekd", "errors", "_C", "_ext", "_lazy", "metrics", "assets", "cliflags", "settings", "chunks"),
     1: ("ops", "data", "runtime", "training", "kernels"),
     2: ("students", "teacher", "prune", "quantize", "llm"),
-    3: ("distill",),
+    3: ("distill", "qa"),
     4: ("compile",),
     5: ("pipeline",),
     6: ("cli", "__main__", "tools"),

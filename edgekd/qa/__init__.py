@@ -1,0 +1,10 @@
+"""Legal question answering (Ace-Attorney, Italiani et al. 2025), reconstructed from the paper's abstract.
+
+A frozen LLM (local or behind an OpenAI-compatible endpoint) generates (context, question, answer)
+triplets from short legal paragraphs; filters keep the grounded, specific ones; a small generative
+student (pruned from the teacher, :mod:`edgekd.llm`) learns them by SFT or token-level KD; at
+inference the Selective Generative Paradigm (SGP) lets the retriever and the generator pick the
+paragraph to answer from.
+
+- :mod:`edgekd.qa.types` / :mod:`edgekd.qa.data`: triplets, paragraphs, PolicyQA (SQuAD format).
+"""
