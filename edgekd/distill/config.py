@@ -55,6 +55,10 @@ class TrainConfig:
         "DiXtill loss: paper = (1-alpha) CE + alpha (KL_tau + L_XAI); code = 0.1 CE + 0.9 (1-exp(-KL)) + 0.9 L_XAI",
         choices=VARIANTS))
     alpha: float = field(default=0.5, metadata=_h("weight of the teacher terms"))
+    xai_absolute: bool = field(default=False, metadata=_h(
+        "L_XAI compares |teacher attributions| (importance whatever the sign) with the attention logits; paper: signed"))
+    xai_centered: bool = field(default=False, metadata=_h(
+        "L_XAI centres both vectors per text first (Pearson correlation: shift-invariant like the attention softmax); paper: off"))
     tau: float = field(default=1.0, metadata=_h("softmax temperature of the KL term"))
     epochs: int = field(default=10, metadata=_h("student epochs (maximum; early stopping on the selection split's macro-F1: the dev split)"))
     batch_size: int = field(default=32, metadata=_h("texts per student step"))

@@ -50,8 +50,16 @@ def xai_loss(
     attention_mask: torch.Tensor,
     sample_mask: torch.Tensor | None = None,
     eps: float = 1e-8,
+    *,
+    absolute: bool = False,
+    centered: bool = False,
 ) -> torch.Tensor:
     """``0.5 * (1 - cos)`` between teacher word attributions and student attention logits.
+
+    ``absolute``: compare ``|a_teacher|`` (how much a word matters, whatever the sign) instead of the
+    signed attributions. ``centered``: subtract each text's mean over its words from both vectors
+    first (a Pearson correlation), so the loss sees only what the attention softmax sees: softmax
+    ignores a shift of all logits, the plain cosine does not. The paper's loss is neither.
 
     Args:
         teacher_attributions: [B, T] teacher word scores (any scale; cosine ignores it).
@@ -65,8 +73,15 @@ def xai_loss(
     _same_shape(student_scores, teacher_attributions, "xai_loss")
     _same_shape(student_scores, attention_mask, "xai_loss (attention_mask)")
     m = attention_mask.to(student_scores.dtype)
-    t = teacher_attributions.to(student_scores.dtype) * m
+    t = teacher_attributions.to(student_scores.dtype)
+    if absolute:
+        t = t.abs()
+    t = t * m
     s = student_scores * m
+    if centered:
+        n_words = m.sum(-1, keepdim=True).clamp_min(1.0)
+        t = (t - t.sum(-1, keepdim=True) / n_words) * m
+        s = (s - s.sum(-1, keepdim=True) / n_words) * m
     dot = (t * s).sum(-1)
     denom = t.norm(dim=-1).clamp_min(eps) * s.norm(dim=-1).clamp_min(eps)
     per_text = 0.5 * (1.0 - dot / denom)
@@ -94,6 +109,8 @@ def distillation_loss(
     attention_mask: torch.Tensor | None = None,
     attribution_mask: torch.Tensor | None = None,
     variant: str = "paper",
+    xai_absolute: bool = False,
+    xai_centered: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of one method and its parts (as floats, for logging).
 
@@ -102,6 +119,8 @@ def distillation_loss(
     * ``mse``: ``(1 - alpha)·CE + alpha·MSE``.
     * ``dixtill``, ``variant="paper"``: ``(1 - alpha)·CE + alpha·(KL_tau + L_XAI)``;
       ``variant="code"``: ``0.1·CE + 0.9·(1 - exp(-KL_tau)) + 0.9·L_XAI`` (alpha is not used).
+
+    ``xai_absolute`` / ``xai_centered``: the forms of L_XAI of :func:`xai_loss`.
     """
     if method not in METHODS:
         raise EdgekdValueError(f"distillation_loss: method must be one of {METHODS}, got {method!r}")
@@ -127,7 +146,8 @@ def distillation_loss(
         raise EdgekdValueError(
             "distillation_loss: method 'dixtill' needs student_scores, teacher_attributions and attention_mask"
         )
-    xai = xai_loss(teacher_attributions, student_scores, attention_mask, attribution_mask)
+    xai = xai_loss(teacher_attributions, student_scores, attention_mask, attribution_mask,
+                   absolute=xai_absolute, centered=xai_centered)
     parts["xai"] = float(xai.detach())
     if variant == "paper":
         return (1 - alpha) * ce + alpha * (kl + xai), parts

@@ -266,6 +266,8 @@ def train_student(
                 attention_mask=bt["attention_mask"],
                 attribution_mask=bt.get("attribution_mask"),
                 variant=cfg.variant,
+                xai_absolute=cfg.xai_absolute,
+                xai_centered=cfg.xai_centered,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()

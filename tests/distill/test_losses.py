@@ -91,3 +91,44 @@ def test_bad_inputs():
         mse_loss(S, T[:1])
     with pytest.raises(EdgekdValueError, match="alpha must be in"):
         distillation_loss("kl", S, Y, T, alpha=1.5)
+
+
+def _xai_reference(t, s, m, absolute, centered):
+    """Per-text 0.5*(1 - cos) in float64 over the valid words only (no masking tricks)."""
+    out = []
+    for ti, si, mi in zip(t.double(), s.double(), m.bool()):
+        a, b = ti[mi], si[mi]
+        if absolute:
+            a = a.abs()
+        if centered:
+            a, b = a - a.mean(), b - b.mean()
+        cos = (a @ b) / (a.norm().clamp_min(1e-8) * b.norm().clamp_min(1e-8))
+        out.append(0.5 * (1 - cos))
+    return torch.stack(out).mean()
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("centered", [False, True])
+def test_xai_loss_forms_match_float64_reference(absolute, centered):
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(5, 9, generator=g)
+    s = torch.randn(5, 9, generator=g, requires_grad=True)
+    m = torch.ones(5, 9)
+    for i, n in enumerate([9, 1 + 1, 5, 3, 7]):
+        m[i, n:] = 0
+    got = xai_loss(t, s, m, absolute=absolute, centered=centered)
+    ref = _xai_reference(t, s.detach(), m, absolute, centered)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    got.backward()
+    assert torch.isfinite(s.grad).all() and (s.grad[m == 0] == 0).all()
+
+
+def test_xai_centered_is_shift_invariant_like_softmax():
+    t, s, m = torch.randn(3, 6), torch.randn(3, 6), torch.ones(3, 6)
+    m[1, 4:] = 0
+    shifted = s + 7.0  # the attention softmax cannot see this shift; the centred loss must not either
+    assert xai_loss(t, shifted, m, centered=True).item() == pytest.approx(xai_loss(t, s, m, centered=True).item(),
+                                                                          rel=1e-5)
+    assert xai_loss(t, shifted, m).item() != pytest.approx(xai_loss(t, s, m).item(), rel=1e-3)
+    # |attributions|: a sign flip of the teacher changes nothing
+    assert xai_loss(-t, s, m, absolute=True).item() == pytest.approx(xai_loss(t, s, m, absolute=True).item())
