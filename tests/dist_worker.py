@@ -114,8 +114,11 @@ def collectives(ctx, args):
 def cli(ctx, args):
     """``edgekd.cli.main(argv)``; records which annotation chunks this rank computed, and with
     ``kill_rank`` exits that rank right after it has written its first chunk."""
-    import edgekd.teacher.annotate as ann
+    import importlib
+
     from edgekd.cli import main
+
+    ann = importlib.import_module("edgekd.teacher.annotate")  # the module (edgekd.teacher.annotate is also a function)
 
     computed = []
     save, annotate_chunk = ann._save_chunk, ann._annotate_chunk

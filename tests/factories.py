@@ -256,7 +256,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 120, cwd=None, env: dict | None = None):
+def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 300, cwd=None, env: dict | None = None):
     """Run ``torchrun --nproc-per-node nproc ARGS`` (``python -m torch.distributed.run``: gloo on
     127.0.0.1, a free port, one torch thread per process) and return the CompletedProcess (text
     stdout / stderr; no check of the return code). ``ARGS``: a script and its arguments, or
@@ -266,7 +266,7 @@ def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 120, cwd=N
     import sys
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEKD_DIST_BACKEND": "gloo", "EDGEKD_DIST_TIMEOUT": "90",
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEKD_DIST_BACKEND": "gloo", "EDGEKD_DIST_TIMEOUT": "300",
                 "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                 "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
