@@ -42,7 +42,8 @@ from edgekd.errors import EdgekdValueError
 
 __all__ = ["DistContext", "env_ranks", "dist_context", "get_rank", "get_world_size", "is_main", "is_distributed",
            "barrier", "shard", "split_even", "rank0_only", "main_progress", "all_reduce_sum", "all_reduce_max",
-           "broadcast_json", "wrap_model", "grad_sync", "full_state_dict", "STRATEGIES", "DEFAULT_TIMEOUT_S"]
+           "broadcast_json", "wrap_model", "grad_sync", "unwrap", "is_fsdp", "full_state_dict", "STRATEGIES",
+           "DEFAULT_TIMEOUT_S"]
 
 T = TypeVar("T")
 STRATEGIES = ("ddp", "fsdp")
@@ -265,7 +266,8 @@ def wrap_model(model, strategy: str = "ddp"):
     """``model`` wrapped for data-parallel training in the running process group.
 
     ``ddp``: :class:`torch.nn.parallel.DistributedDataParallel` (every rank holds the whole model;
-    gradients are averaged in buckets during backward). ``fsdp``: FSDP2's ``fully_shard`` on every
+    gradients are averaged in buckets during backward; a CPU model in an NCCL job, e.g. the BiLSTM
+    student next to a GPU teacher, syncs over a gloo group). ``fsdp``: FSDP2's ``fully_shard`` on every
     direct child that has parameters and on the root (parameters, gradients and optimizer state
     sharded over the ranks, for models that do not fit one device); it changes ``model`` in place and
     its parameters become DTensors, so build the optimizer after wrapping and read the weights with
@@ -277,17 +279,36 @@ def wrap_model(model, strategy: str = "ddp"):
     import torch
 
     ctx = dist_context()
+    on_cuda = any(p.is_cuda for p in model.parameters())
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [ctx.local_rank] if ctx.backend == "nccl" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        if on_cuda:
+            return DistributedDataParallel(model, device_ids=[next(model.parameters()).device.index])
+        # a CPU model (the BiLSTM student) in an NCCL job: its gradients go over a gloo group
+        return DistributedDataParallel(model, process_group=_cpu_group() if ctx.backend == "nccl" else None)
+    if ctx.backend == "nccl" and not on_cuda:
+        raise EdgekdValueError("wrap_model: FSDP of a CPU model in an NCCL job; move the model to "
+                               f"cuda:{ctx.local_rank} or set EDGEKD_DIST_BACKEND=gloo")
     from torch.distributed.fsdp import fully_shard
 
     for child in _shard_units(model):
         fully_shard(child)
     fully_shard(model)
     return model
+
+
+_CPU_GROUP = None
+
+
+def _cpu_group():
+    """A gloo group of all ranks, made once (a collective: every rank gets here together)."""
+    global _CPU_GROUP
+    if _CPU_GROUP is None:
+        import torch.distributed as dist
+
+        _CPU_GROUP = dist.new_group(backend="gloo")
+    return _CPU_GROUP
 
 
 def _shard_units(model) -> list:

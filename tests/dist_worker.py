@@ -178,6 +178,7 @@ def llm(ctx, args):
 
 
 def sparse_cache(ctx, args):
+    """Builds a 5-chunk cache with a tiny llama teacher (``ctx`` unused: also called in the test process)."""
     import torch
 
     from factories import tiny_llama
