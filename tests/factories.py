@@ -256,7 +256,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 300, cwd=None, env: dict | None = None):
+def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 900, cwd=None, env: dict | None = None):
     """Run ``torchrun --nproc-per-node nproc ARGS`` (``python -m torch.distributed.run``: gloo on
     127.0.0.1, a free port, one torch thread per process) and return the CompletedProcess (text
     stdout / stderr; no check of the return code). ``ARGS``: a script and its arguments, or

@@ -27,7 +27,8 @@ def test_ddp_and_fsdp_take_the_single_process_steps(tmp_path):
     for parallel in ("ddp", "fsdp"):
         g = got[parallel]
         assert g["tokens"] == res.tokens_trained
-        assert_close_f64(torch.tensor(g["losses"], dtype=torch.float64), torch.tensor(res.loop.losses), n=10_000,
+        f64 = torch.float64
+        assert_close_f64(torch.tensor(g["losses"], dtype=f64), torch.tensor(res.loop.losses, dtype=f64), n=10_000,
                          name=f"{parallel} losses")
         assert g["weights"]
         for k, w in g["weights"].items():
