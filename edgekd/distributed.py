@@ -241,8 +241,9 @@ def all_reduce_max(values: Sequence[float]) -> list[float]:
 
 
 def broadcast_json(obj: Any = None, src: int = 0) -> Any:
-    """``obj`` of rank ``src`` on every rank, sent as JSON bytes (never pickle); ``obj`` is ignored on
-    the other ranks. In one process it is returned as is."""
+    """``obj`` of rank ``src`` on every rank, sent as JSON bytes (never pickle; numpy and torch values
+    become plain lists and numbers); ``obj`` is ignored on the other ranks. In one process it is
+    returned as is."""
     if not is_distributed():
         return obj
     import torch
@@ -250,7 +251,7 @@ def broadcast_json(obj: Any = None, src: int = 0) -> Any:
 
     dev = _comm_device()
     if get_rank() == src:
-        data = json.dumps(obj).encode()
+        data = json.dumps(obj, default=_plain).encode()
         n = torch.tensor([len(data)], dtype=torch.int64, device=dev)
     else:
         data, n = b"", torch.zeros(1, dtype=torch.int64, device=dev)
@@ -260,6 +261,13 @@ def broadcast_json(obj: Any = None, src: int = 0) -> Any:
         buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     dist.broadcast(buf, src)
     return json.loads(bytes(buf.cpu().tolist()).decode())
+
+
+def _plain(x: Any) -> Any:
+    """numpy / torch scalars and arrays as plain Python values for JSON."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"broadcast_json: {type(x).__name__} is not JSON-serialisable")
 
 
 def wrap_model(model, strategy: str = "ddp"):

@@ -481,8 +481,8 @@ def train_loop(
                 metrics = dict(evaluate(model))
             finally:
                 model.train()
-        metrics = dist.broadcast_json({k: float(v) for k, v in metrics.items()} if rank == 0 else None) \
-            if world > 1 else metrics
+        if world > 1:  # rank 0's numbers on every rank: the same best step and early stop everywhere
+            metrics = dist.broadcast_json(metrics if rank == 0 else None)
         if cfg.metric not in metrics:
             raise EdgekdValueError(f"train_loop: evaluate returned {sorted(metrics)}, without {cfg.metric!r}")
         rec = {"step": res.steps, "epoch": epoch, **metrics}

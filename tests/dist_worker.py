@@ -101,12 +101,16 @@ def llm_problem():
 
 # ------------------------------------------------------------------------------------ scenarios
 def collectives(ctx, args):
+    import numpy as np
+    import torch
+
     from edgekd import distributed as dist
 
     out = {"rank": ctx.rank, "world": ctx.world_size, "backend": ctx.backend, "main": dist.is_main(),
            "shard": dist.shard(range(10)), "split": dist.split_even(list(range(5))),
            "sum": dist.all_reduce_sum([ctx.rank + 1, 0.5]), "max": dist.all_reduce_max([ctx.rank, -ctx.rank]),
-           "json": dist.broadcast_json({"from": ctx.rank, "x": [1.5, "é"]} if ctx.rank == 0 else None)}
+           "json": dist.broadcast_json({"from": ctx.rank, "x": [1.5, "é"], "np": np.float32(0.5), "t": torch.arange(2)}
+                                     if ctx.rank == 0 else None)}
     dist.barrier()
     return out
 

@@ -50,6 +50,8 @@ def test_single_process_helpers_are_no_ops():
     dist.barrier()
     assert dist.all_reduce_sum([1, 2.5]) == [1.0, 2.5] and dist.all_reduce_max([3]) == [3.0]
     assert dist.broadcast_json({"a": 1}) == {"a": 1}
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        dist._plain(object())
     m = torch.nn.Linear(2, 2)
     assert dist.wrap_model(m, "ddp") is m and dist.full_state_dict(m).keys() == m.state_dict().keys()
     with pytest.raises(EdgekdValueError, match="strategy must be one of"):
@@ -85,4 +87,5 @@ def test_collectives_in_a_two_process_group(tmp_path):
     assert ranks[0]["split"] == [0, 1, 2] and ranks[1]["split"] == [3, 4]
     for x in ranks:
         assert x["sum"] == [3.0, 1.0] and x["max"] == [1.0, 0.0]
-        assert x["json"] == {"from": 0, "x": [1.5, "é"]}  # rank 0's object, as JSON (no pickle)
+        # rank 0's object, as JSON (no pickle; numpy and torch values as plain numbers and lists)
+        assert x["json"] == {"from": 0, "x": [1.5, "é"], "np": 0.5, "t": [0, 1]}
