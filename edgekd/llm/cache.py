@@ -8,7 +8,8 @@ cache instead of running the teacher every step.
 Layout: ``cache_dir/<key>/meta.json`` and ``chunk_00000.safetensors``, ... (one chunk per
 ``batches_per_chunk`` batches, written atomically by :mod:`edgekd.chunks`, so an interrupted run
 resumes at the first missing chunk; under ``torchrun`` the ranks share the missing chunks out and
-write them to the same folder, see :mod:`edgekd.distributed`). ``key`` is the sha256 of the data (every batch's input ids and
+write them to the same folder, see :mod:`edgekd.distributed`). ``key`` is the sha256 of the data
+(every batch's input ids and
 attention mask), the teacher's id/fingerprint given by the caller, and the settings (k,
 temperature, format). Per batch a chunk holds only the valid positions (attention mask 1), in
 row-major order: ``b<i>.ids`` (n, k) (uint16 when V <= 65,536, else int32), ``b<i>.logprobs``
@@ -237,7 +238,8 @@ def build_sparse_cache(
     left = sum(1 for c in todo if not chunk_path(d, c).exists())
     if left:
         raise EdgekdValueError(
-            f"sparse cache: stopped after {new} new chunk(s) (max_chunks={max_chunks}{' per rank' if sharded else ''}); "
+            f"sparse cache: stopped after {new} new chunk(s) "
+            f"(max_chunks={max_chunks}{' per rank' if sharded else ''}); "
             f"{left} chunk(s) left, run again to resume"
         )
     if vocab is None:

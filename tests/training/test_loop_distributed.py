@@ -30,7 +30,8 @@ def reference(tmp_path_factory):
 def _check(got: dict, reference) -> None:
     res, weights = reference
     f64 = torch.float64
-    assert_close_f64(torch.tensor(got["losses"], dtype=f64), torch.tensor(res.losses, dtype=f64), n=N_ACC, name="losses")
+    assert_close_f64(torch.tensor(got["losses"], dtype=f64), torch.tensor(res.losses, dtype=f64), n=N_ACC,
+                     name="losses")
     assert [h["step"] for h in got["history"]] == [h["step"] for h in res.history]
     assert got["best"]["step"] == res.best["step"]
     for k, w in weights.items():
