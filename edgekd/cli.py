@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None):
-        args.func = _printing_deprecations(args.func)
+        args.func = _under_torchrun(_printing_deprecations(args.func))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -111,6 +111,37 @@ def _printing_deprecations(func):
         with warnings.catch_warnings():
             warnings.showwarning = _show_deprecation
             return func(args)
+
+    return run
+
+
+def _under_torchrun(func):
+    """``func`` as one rank of a ``torchrun --nproc-per-node N -m edgekd ...`` job: the process group
+    is started first (:func:`edgekd.distributed.dist_context`), only rank 0 prints to stdout (the
+    others' stdout goes to /dev/null; errors still reach stderr), and the group is closed at the end.
+    Without torchrun (``WORLD_SIZE`` unset or 1) ``func`` runs as is, and torch is not imported."""
+    def run(args):
+        from edgekd.distributed import env_ranks
+
+        rank, world, _ = env_ranks()
+        if world == 1:
+            return func(args)
+        import contextlib
+        import os
+
+        import torch.distributed as tdist
+
+        from edgekd.distributed import dist_context
+
+        dist_context()
+        try:
+            if rank == 0:
+                return func(args)
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                return func(args)
+        finally:
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
 
     return run
 

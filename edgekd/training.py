@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from edgekd import distributed as dist
 from edgekd.errors import EdgekdValueError
 
 __all__ = ["LoopConfig", "LoopResult", "train_loop", "param_groups", "lr_multiplier", "epoch_order",
@@ -343,6 +344,27 @@ def _load_checkpoint(d: Path, model, opt, generators: Mapping[str, torch.Generat
 # the loop
 
 
+def _rank_backward(net, idx: list, batch_size: int, world: int, device, make_batch, loss_fn) -> float:
+    """This rank's part of one step under DDP/FSDP: its share of the step's examples ``idx``
+    (:func:`edgekd.distributed.split_even`) in micro-batches of ``batch_size``, each loss weighted by
+    its share of the *whole* step and scaled by ``world`` (the gradient all-reduce averages), the
+    gradients synced on the last micro-batch only. A rank without examples (a step smaller than the
+    world) runs the step's first example with weight 0, so that it still joins the all-reduce.
+    Returns its part of the step's mean loss."""
+    mine = dist.split_even(idx)
+    micros = [(mine[m:m + batch_size], len(mine[m:m + batch_size]) / len(idx)) for m in range(0, len(mine), batch_size)]
+    if not micros:
+        micros = [(idx[:1], 0.0)]
+    part = 0.0
+    for i, (micro, share) in enumerate(micros):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in make_batch(micro).items()}
+        with dist.grad_sync(net, i == len(micros) - 1):
+            loss = loss_fn(net, batch) * share
+            (loss * world).backward()
+        part += float(loss.detach())
+    return part
+
+
 def train_loop(
     model: torch.nn.Module,
     num_examples: int,
@@ -360,6 +382,7 @@ def train_loop(
     stop_after: int | None = None,
     progress: bool = True,
     desc: str = "train",
+    parallel: str = "ddp",
 ) -> LoopResult:
     """Fine-tune ``model`` in place; returns a :class:`LoopResult` (the model ends in eval mode).
 
@@ -379,6 +402,14 @@ def train_loop(
         resume: continue from ``checkpoint_dir/last`` when it exists (same settings and data).
         generators: extra torch generators to checkpoint (e.g. a PrunePert noise generator).
         stop_after: stop after this many optimizer steps in this call (checkpointed; resume later).
+        parallel: under ``torchrun`` (world size > 1), ``"ddp"`` (DistributedDataParallel) or
+            ``"fsdp"`` (FSDP2 ``fully_shard``, for models that do not fit one device; no
+            ``checkpoint_dir`` yet, read the weights with :func:`edgekd.distributed.full_state_dict`).
+            Every rank takes its part of each step's examples (:func:`edgekd.distributed.split_even`),
+            so the steps, schedule and seeds are those of one process and a checkpoint resumes with
+            any world size; rank 0 alone writes checkpoints and shows the bar. ``make_batch``,
+            ``loss_fn`` and ``on_step`` run on every rank (``loss_fn`` with the wrapped model);
+            ``evaluate`` runs on rank 0 (every rank under FSDP) and its metrics go to all ranks.
     """
     cfg = config or LoopConfig()
     cfg.validate()
@@ -388,6 +419,14 @@ def train_loop(
         raise EdgekdValueError("train_loop: LoopConfig.eval_every needs an evaluate function (a dev set)")
     if (stop_after is not None or resume) and checkpoint_dir is None:
         raise EdgekdValueError("train_loop: stop_after and resume need a checkpoint_dir (to resume from)")
+    if parallel not in dist.STRATEGIES:
+        raise EdgekdValueError(f"train_loop: parallel must be one of {dist.STRATEGIES}, got {parallel!r}")
+    ctx = dist.dist_context()
+    world, rank = ctx.world_size, ctx.rank
+    fsdp = world > 1 and parallel == "fsdp"
+    if fsdp and checkpoint_dir is not None:
+        raise EdgekdValueError("train_loop: parallel='fsdp' does not write checkpoints yet; use parallel='ddp' "
+                               "with a checkpoint_dir, or no checkpoint_dir")
     generators = dict(generators or {})
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     loss_fn = loss_fn or _default_loss
@@ -398,6 +437,12 @@ def train_loop(
     if groups is None:
         groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                               head_lr_multiplier=cfg.head_lr_multiplier)
+    if fsdp:  # fully_shard replaces the parameters: rebuild the groups from the parameter names
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = [{**g, "params": [names[id(p)] for p in g["params"]]} for g in groups]
+        net = dist.wrap_model(model, "fsdp")
+        by_name = dict(model.named_parameters())
+        groups = [{**g, "params": [by_name[n] for n in g["params"]]} for g in groups]
     opt = torch.optim.AdamW([dict(g) for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
     device = _device(model)
@@ -408,6 +453,7 @@ def train_loop(
     best_value = -math.inf
     best_mem: dict[str, torch.Tensor] | None = None
     if resume and ckpt is not None:
+        dist.barrier()  # rank 0 may still be writing a checkpoint another call started
         st = _load_checkpoint(ckpt, model, opt, generators, config_dict, num_examples)
         if st is not None:
             res.steps = res.resumed_from = st["step"]
@@ -419,13 +465,24 @@ def train_loop(
         return {"config": config_dict, "num_examples": num_examples, "step": res.steps, "losses": res.losses,
                 "history": res.history, "best": res.best, "bad_evals": bad_evals, "stopped_early": res.stopped_early}
 
+    if world > 1 and not fsdp:
+        net = dist.wrap_model(model, "ddp")  # after a resume: DDP starts from rank 0's (identical) weights
+    elif world == 1:
+        net = model
+    if world > 1 and rank > 0:  # dropout etc.: each rank its own stream (rank 0 keeps the checkpointed one)
+        torch.manual_seed((cfg.seed * 1_000_003 + rank * 7_919 + res.steps) % (2 ** 63))
+
     def run_eval(epoch: int) -> None:
         nonlocal best_value, best_mem, bad_evals
-        model.eval()
-        try:
-            metrics = dict(evaluate(model))
-        finally:
-            model.train()
+        metrics = None
+        if fsdp or rank == 0:
+            model.eval()
+            try:
+                metrics = dict(evaluate(model))
+            finally:
+                model.train()
+        if world > 1:  # rank 0's numbers on every rank: the same best step and early stop everywhere
+            metrics = dist.broadcast_json(metrics if rank == 0 else None)
         if cfg.metric not in metrics:
             raise EdgekdValueError(f"train_loop: evaluate returned {sorted(metrics)}, without {cfg.metric!r}")
         rec = {"step": res.steps, "epoch": epoch, **metrics}
@@ -433,7 +490,8 @@ def train_loop(
         if float(metrics[cfg.metric]) > best_value:
             best_value, res.best, bad_evals = float(metrics[cfg.metric]), rec, 0
             if ckpt is not None:
-                _save_weights(model, ckpt / "best")
+                if rank == 0:
+                    _save_weights(model, ckpt / "best")
             else:
                 best_mem = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
@@ -444,7 +502,7 @@ def train_loop(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=res.steps, desc=desc, disable=not progress, unit="step")
+    bar = tqdm(total=total, initial=res.steps, desc=desc, disable=not dist.main_progress(progress), unit="step")
     model.train()
     this_call, perm_epoch, perm = 0, -1, []
     while res.steps < total and not res.stopped_early:
@@ -457,14 +515,18 @@ def train_loop(
         idx = perm[pos * step_examples:(pos + 1) * step_examples]
         extra = on_step(res.steps, total) if on_step is not None else None
         loss_sum = 0.0
-        for m in range(0, len(idx), cfg.batch_size):
-            micro = idx[m:m + cfg.batch_size]
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in make_batch(micro).items()}
-            loss = loss_fn(model, batch)
-            if len(micro) != len(idx):  # the share of this micro-batch in the step's mean loss
-                loss = loss * (len(micro) / len(idx))
-            loss.backward()
-            loss_sum += float(loss.detach())
+        if world == 1:
+            for m in range(0, len(idx), cfg.batch_size):
+                micro = idx[m:m + cfg.batch_size]
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in make_batch(micro).items()}
+                loss = loss_fn(model, batch)
+                if len(micro) != len(idx):  # the share of this micro-batch in the step's mean loss
+                    loss = loss * (len(micro) / len(idx))
+                loss.backward()
+                loss_sum += float(loss.detach())
+        else:
+            loss_sum = dist.all_reduce_sum([_rank_backward(net, idx, cfg.batch_size, world, device, make_batch,
+                                                           loss_fn)])[0]
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         f = lr_multiplier(cfg.schedule, res.steps, total, warmup)
@@ -484,12 +546,15 @@ def train_loop(
         if ckpt is not None and (epoch_end or res.steps == total or res.stopped_early
                                  or (cfg.save_every and res.steps % cfg.save_every == 0)
                                  or (stop_after is not None and this_call >= stop_after)):
-            _save_checkpoint(ckpt, model, opt, generators, state())
+            if rank == 0:
+                _save_checkpoint(ckpt, model, opt, generators, state())
+            dist.barrier()
     bar.close()
     res.seconds = time.perf_counter() - t0
     res.finished = res.steps >= total or res.stopped_early
     if res.finished and cfg.select_best and res.best is not None:
         if ckpt is not None:
+            dist.barrier()
             _load_weights(model, ckpt / "best")
         elif best_mem is not None:
             model.load_state_dict(best_mem)

@@ -46,7 +46,7 @@ _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 __all__ = ["TEXTS", "LABELS", "LABEL_NAMES", "CLI_TEXTS", "CLI_LABELS", "CLI_LABEL_NAMES", "wordpiece_tokenizer",
            "make_word_tokenizer", "tiny_config", "tiny_classifier", "tiny_encoder", "make_batch", "save_tiny_bert",
            "make_tiny_teacher", "save_tiny_model_dir", "make_tiny_bert", "save_random_student", "tiny_llama",
-           "llama_word_tokenizer", "LLAMA_WORDS"]
+           "llama_word_tokenizer", "LLAMA_WORDS", "free_port", "torchrun"]
 
 
 # ----------------------------------------------------------------------------------- tokenizers
@@ -244,3 +244,33 @@ def llama_word_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                    bos_token="<s>", eos_token="</s>")
+
+
+# ----------------------------------------------------------------------------------- torchrun
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 900, cwd=None, env: dict | None = None):
+    """Run ``torchrun --nproc-per-node nproc ARGS`` (``python -m torch.distributed.run``: gloo on
+    127.0.0.1, a free port, one torch thread per process) and return the CompletedProcess (text
+    stdout / stderr; no check of the return code). ``ARGS``: a script and its arguments, or
+    ``["-m", "edgekd", ...]``."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEKD_DIST_BACKEND": "gloo", "EDGEKD_DIST_TIMEOUT": "300",
+                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        full_env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or root, env=full_env)

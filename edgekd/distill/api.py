@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgekd import distributed as dist
 from edgekd.distill.attributions import student_attention_logits, student_integrated_gradients
 from edgekd.distill.config import ALL_METHODS, DistillConfig  # noqa: F401  (re-exported)
 from edgekd.distill.report import _machine, format_table, write_results  # noqa: F401  (format_table re-exported)
@@ -73,7 +74,7 @@ class Distiller:
             cfg = cfg.replace(**overrides)
         cfg.validate()
         self.config = cfg
-        self.log = log or (lambda s: None)
+        self.log = dist.rank0_only(log or (lambda s: None))  # under torchrun: rank 0 logs
         self.out = Path(cfg.run.out)
         self.timings: dict[str, float] = {}
         self.train = self.valid = None
@@ -119,7 +120,8 @@ class Distiller:
             max_length=cfg.student.max_length,
         )
         self.out.mkdir(parents=True, exist_ok=True)
-        self.word_tokenizer.save(self.out / "tokenizer.json")
+        if dist.is_main():
+            self.word_tokenizer.save(self.out / "tokenizer.json")
         self.log(json.dumps({
             "data": {"train": len(self.train), "dev": len(self.dev) if self.dev is not None else None,
                      "valid": len(self.valid), "labels": self.train.label_names,
@@ -259,7 +261,8 @@ class Distiller:
         res = train_student(student, tr, sel, tcfg, mdir, resume=cfg.run.resume,
                             progress=cfg.run.progress, log=self.log, label_names=self.train.label_names)
         best = BiLSTMAttentionStudent.from_pretrained(res.best_dir, backend=cfg.student.backend)
-        self.word_tokenizer.save(Path(res.best_dir) / "tokenizer.json")
+        if dist.is_main():
+            self.word_tokenizer.save(Path(res.best_dir) / "tokenizer.json")
         result = self.evaluate_student(method, best, va, Path(res.best_dir), ig=seed is None)
         result.best_epoch = res.best_epoch
         result.train_seconds = round(time.perf_counter() - t0, 1)
@@ -298,6 +301,8 @@ class Distiller:
         selected on the dev split; skipped (with a log line) when there is no dev split."""
         from edgekd.distill.baselines import run_baselines
 
+        if not dist.is_main():  # under torchrun: rank 0 alone (TF-IDF on the CPU, nothing to share)
+            return []
         if self.dev is None:
             self.log(json.dumps({"baselines": "skipped: no dev split to select them on (data.dev_fraction = 0)"}))
             return []
@@ -375,7 +380,8 @@ class Distiller:
 
     def write_report(self) -> dict:
         rep = self.report()
-        write_results(rep, self.out)
+        if dist.is_main():
+            write_results(rep, self.out)
         return rep
 
 

@@ -15,6 +15,8 @@ the authors' released code uses ``0.1·CE + 0.9·(1 - exp(-KL)) + 0.9·L_XAI`` i
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -159,6 +161,76 @@ def _same_shape(a: torch.Tensor, b: torch.Tensor, where: str) -> None:
         raise EdgekdValueError(f"{where}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
 
 
+# --------------------------------------------------------------------------------------------
+# the same losses, split over the ranks of a data-parallel step
+
+
+def loss_sums(
+    method: str,
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    *,
+    tau: float = 1.0,
+    student_scores: torch.Tensor | None = None,
+    teacher_attributions: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    attribution_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The sums over this part of a batch of what :func:`distillation_loss` averages: ``ce`` (summed
+    cross-entropy), ``kl`` (summed ``tau**2 * KL``), ``mse`` (summed squared error), ``xai`` (summed
+    ``0.5 * (1 - cos)`` over the attributed texts). Summed over the parts of a batch and put through
+    :func:`combine_sums`, they give :func:`distillation_loss` of the whole batch."""
+    out = {"ce": F.cross_entropy(student_logits, labels, reduction="sum")}
+    if method == "none":
+        return out
+    if teacher_logits is None:
+        raise EdgekdValueError(f"loss_sums: method {method!r} needs teacher_logits")
+    if method == "mse":
+        _same_shape(student_logits, teacher_logits, "mse_loss")
+        out["mse"] = F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype), reduction="sum")
+        return out
+    _same_shape(student_logits, teacher_logits, "kl_loss")
+    log_ps = F.log_softmax(student_logits / tau, dim=-1)
+    log_pt = F.log_softmax(teacher_logits.to(student_logits.dtype) / tau, dim=-1)
+    out["kl"] = (log_pt.exp() * (log_pt - log_ps)).sum() * (tau * tau)
+    if method == "dixtill":
+        if student_scores is None or teacher_attributions is None or attention_mask is None:
+            raise EdgekdValueError("loss_sums: method 'dixtill' needs student_scores, teacher_attributions and "
+                                   "attention_mask")
+        m = attention_mask.to(student_scores.dtype)
+        t = teacher_attributions.to(student_scores.dtype) * m
+        sc = student_scores * m
+        per_text = 0.5 * (1.0 - (t * sc).sum(-1) / (t.norm(dim=-1).clamp_min(1e-8) * sc.norm(dim=-1).clamp_min(1e-8)))
+        w = torch.ones_like(per_text) if attribution_mask is None else attribution_mask.to(per_text.dtype)
+        out["xai"] = (per_text * w).sum()
+    return out
+
+
+def combine_sums(method: str, sums: dict, n: int, n_attributed: int, *, num_classes: int, alpha: float = 0.5,
+                 variant: str = "paper", kl_mean: float | None = None):
+    """:func:`distillation_loss` from :func:`loss_sums` of a batch of ``n`` texts, ``n_attributed`` of
+    them with teacher attributions (tensors or floats). With ``sums`` of one part of the batch it is
+    that part's share of the batch loss; the ``code`` variant's ``1 - exp(-KL)`` is not a sum, so there
+    ``kl_mean`` (the whole batch's mean KL, all-reduced) linearises it: the gradient is exact, the
+    value is not the part's share."""
+    ce = sums["ce"] / n
+    if method == "none":
+        return ce
+    if method == "mse":
+        return (1 - alpha) * ce + alpha * sums["mse"] / (n * num_classes)
+    kl = sums["kl"] / n
+    if method == "kl":
+        return (1 - alpha) * ce + alpha * kl
+    xai = sums["xai"] / n_attributed if n_attributed > 0 else sums["xai"] * 0.0
+    if variant == "paper":
+        return (1 - alpha) * ce + alpha * (kl + xai)
+    if kl_mean is None:
+        e = torch.exp(-kl) if isinstance(kl, torch.Tensor) else math.exp(-kl)
+        return 0.1 * ce + 0.9 * (1.0 - e) + 0.9 * xai
+    return 0.1 * ce + 0.9 * math.exp(-kl_mean) * kl + 0.9 * xai
+
+
 __all__ = [
     "METHODS",
     "VARIANTS",
@@ -167,4 +239,6 @@ __all__ = [
     "mse_loss",
     "xai_loss",
     "distillation_loss",
+    "loss_sums",
+    "combine_sums",
 ]

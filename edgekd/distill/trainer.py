@@ -7,7 +7,12 @@
   stops early after ``patience`` epochs without improvement;
 * every epoch also writes ``last/`` (student, optimizer state as safetensors + JSON, trainer
   state and RNG state), so an interrupted run resumes from its last finished epoch;
-* one JSON line per epoch is printed and appended to ``log.jsonl``.
+* one JSON line per epoch is printed and appended to ``log.jsonl``;
+* under ``torchrun`` (:mod:`edgekd.distributed`) the student is wrapped in DDP and every rank takes
+  its part of each batch (the batch of ``batch_size`` texts stays the global batch, so the steps,
+  schedule, seeds and checkpoints are those of one process); the loss is computed from per-part
+  sums (:func:`edgekd.distill.losses.loss_sums`) normalised by the whole batch, so the summed
+  gradient is the single-process one. Rank 0 validates, writes ``best/``, ``last/`` and the log.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 
 from edgekd.distill.config import TrainConfig  # defined once there, with the other settings (re-exported)
-from edgekd.distill.losses import distillation_loss
+from edgekd import distributed as dist
+from edgekd.distill.losses import combine_sums, distillation_loss, loss_sums
 from edgekd.errors import EdgekdValueError
 from edgekd.metrics import classification_metrics
 from edgekd.training import load_optimizer, rng_state, save_optimizer, seed_everything, set_rng_state
@@ -148,6 +154,43 @@ def predict_logits(student, split: EncodedSplit, batch_size: int = 256) -> np.nd
     return out
 
 
+def _rank_step(net, train: EncodedSplit, idx: list[int], cfg: TrainConfig, world: int) -> tuple[float, dict]:
+    """Forward and backward of this rank's part of the batch ``idx`` under DDP: the loss of its
+    texts normalised by the whole batch (:func:`loss_sums` / :func:`combine_sums`), times ``world``
+    (DDP averages the gradients). A rank without texts (a batch smaller than the world) runs the
+    batch's first text with weight 0 to join the all-reduce. Returns the batch's loss and parts
+    (all-reduced, as :func:`distillation_loss` gives them for the whole batch)."""
+    mine = dist.split_even(idx)
+    weight = 1.0 if mine else 0.0
+    mine = mine or idx[:1]
+    n = len(idx)
+    n_attr = int(np.sum(train.has_attr[idx])) if train.attributions is not None else n
+    bt = train.batch(mine)
+    so = net(bt["input_ids"], bt["attention_mask"])
+    kw = dict(tau=cfg.tau, student_scores=so.attention_logits, teacher_attributions=bt.get("teacher_attributions"),
+              attention_mask=bt["attention_mask"], attribution_mask=bt.get("attribution_mask"))
+    if cfg.method in ("kl", "mse", "dixtill"):
+        part = loss_sums(cfg.method, so.logits, bt["labels"], bt["teacher_logits"], **kw)
+    else:
+        part = loss_sums("none", so.logits, bt["labels"])
+    names = sorted(part)
+    totals = dict(zip(names, dist.all_reduce_sum([float(part[k].detach()) * weight for k in names])))
+    C = int(so.logits.shape[-1])
+    kl_mean = totals["kl"] / n if cfg.method == "dixtill" and cfg.variant == "code" else None
+    loss = combine_sums(cfg.method, part, n, n_attr, num_classes=C, alpha=cfg.alpha, variant=cfg.variant,
+                        kl_mean=kl_mean) * weight
+    (loss * world).backward()
+    value = combine_sums(cfg.method, totals, n, n_attr, num_classes=C, alpha=cfg.alpha, variant=cfg.variant)
+    parts = {"ce": totals["ce"] / n}
+    if "mse" in totals:
+        parts["mse"] = totals["mse"] / (n * C)
+    if "kl" in totals:
+        parts["kl"] = totals["kl"] / n
+    if "xai" in totals:
+        parts["xai"] = totals["xai"] / n_attr if n_attr > 0 else 0.0
+    return float(value), parts
+
+
 def _state_key(cfg: TrainConfig, train: EncodedSplit, valid: EncodedSplit, student) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
@@ -209,9 +252,13 @@ def train_student(
     bad = 0
     done = False
 
+    ctx = dist.dist_context()
+    world, rank = ctx.world_size, ctx.rank
+    log = dist.rank0_only(log)
     seed_everything(cfg.seed)
     opt = _make_optimizer(cfg, student.parameters())
     state_file = last_dir / "trainer_state.json"
+    dist.barrier()  # a previous call's rank 0 has finished writing last/
     if resume and state_file.is_file():
         st = json.loads(state_file.read_text())
         if st.get("key") == key:
@@ -225,7 +272,7 @@ def train_student(
             bad, history, done = st["bad_epochs"], st["history"], st["done"]
             if log:
                 log(json.dumps({"event": "resume", "method": cfg.method, "from_epoch": start_epoch}))
-    elif (out / "log.jsonl").exists():
+    elif (out / "log.jsonl").exists() and rank == 0:
         (out / "log.jsonl").unlink()
     resumed_from = start_epoch
 
@@ -234,6 +281,7 @@ def train_student(
     total_steps = steps_per_epoch * cfg.epochs
     from tqdm.auto import tqdm
 
+    net = dist.wrap_model(student, "ddp") if world > 1 else student
     t0 = time.perf_counter()
     epochs_run = 0
     epoch = start_epoch
@@ -243,12 +291,29 @@ def train_student(
         te = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         perm = torch.randperm(n, generator=g).tolist()
+        if world > 1 and rank > 0:  # dropout: each rank its own stream (rank 0 keeps the checkpointed one)
+            torch.manual_seed((cfg.seed * 1_000_003 + rank * 7_919 + epoch) % (2 ** 63))
         student.train()
         sums: dict[str, float] = {}
         loss_sum = 0.0
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, unit="batch", leave=False)
+                   disable=not dist.main_progress(progress), unit="batch", leave=False)
         for b in bar:
+            if world > 1:
+                f = lr_factor(cfg, step, total_steps)
+                for grp in opt.param_groups:
+                    grp["lr"] = cfg.lr * f
+                loss_v, parts = _rank_step(net, train, perm[b : b + cfg.batch_size], cfg, world)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                loss_sum += loss_v
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{loss_sum / (b // cfg.batch_size + 1):.4f}")
+                continue
             bt = train.batch(perm[b : b + cfg.batch_size])
             f = lr_factor(cfg, step, total_steps)
             for grp in opt.param_groups:
@@ -281,9 +346,13 @@ def train_student(
             bar.set_postfix(loss=f"{loss_sum / (b // cfg.batch_size + 1):.4f}")
         bar.close()
         nb = steps_per_epoch
-        vlog = predict_logits(student, valid, cfg.eval_batch_size)
-        vm = classification_metrics(valid.labels, vlog.argmax(-1), label_names)
-        vloss = float(torch.nn.functional.cross_entropy(torch.from_numpy(vlog), torch.from_numpy(valid.labels)))
+        vm = vloss = None
+        if rank == 0:  # validation on rank 0; the others get its numbers (same weights, same decisions)
+            vlog = predict_logits(student, valid, cfg.eval_batch_size)
+            vm = classification_metrics(valid.labels, vlog.argmax(-1), label_names)
+            vloss = float(torch.nn.functional.cross_entropy(torch.from_numpy(vlog), torch.from_numpy(valid.labels)))
+        if world > 1:
+            vm, vloss = dist.broadcast_json([vm, vloss] if rank == 0 else None)
         epoch += 1
         epochs_run += 1
         rec = {
@@ -299,7 +368,8 @@ def train_student(
         }
         if vm["macro_f1"] > best_f1:
             best_f1, best_epoch, best_valid, bad = vm["macro_f1"], epoch, vm, 0
-            student.save_pretrained(str(best_dir))
+            if rank == 0:
+                student.save_pretrained(str(best_dir))
             rec["best"] = True
         else:
             bad += 1
@@ -312,6 +382,9 @@ def train_student(
         line = json.dumps(rec)
         if log:
             log(line)
+        if rank != 0:
+            dist.barrier()  # rank 0 writes the log and the checkpoint
+            continue
         with open(out / "log.jsonl", "a") as fh:
             fh.write(line + "\n")
         # last checkpoint: weights, optimizer, RNG and trainer state
@@ -340,6 +413,7 @@ def train_student(
             )
         )
         os.replace(tmp, state_file)
+        dist.barrier()
     return TrainResult(
         best_epoch=best_epoch,
         best_valid=best_valid,

@@ -7,7 +7,9 @@ cache instead of running the teacher every step.
 
 Layout: ``cache_dir/<key>/meta.json`` and ``chunk_00000.safetensors``, ... (one chunk per
 ``batches_per_chunk`` batches, written atomically by :mod:`edgekd.chunks`, so an interrupted run
-resumes at the first missing chunk). ``key`` is the sha256 of the data (every batch's input ids and
+resumes at the first missing chunk; under ``torchrun`` the ranks share the missing chunks out and
+write them to the same folder, see :mod:`edgekd.distributed`). ``key`` is the sha256 of the data
+(every batch's input ids and
 attention mask), the teacher's id/fingerprint given by the caller, and the settings (k,
 temperature, format). Per batch a chunk holds only the valid positions (attention mask 1), in
 row-major order: ``b<i>.ids`` (n, k) (uint16 when V <= 65,536, else int32), ``b<i>.logprobs``
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from edgekd import distributed as dist
 from edgekd.chunks import chunk_path, load_chunk, save_chunk_atomic
 from edgekd.errors import EdgekdValueError
 from edgekd.llm.losses import SparseTeacher
@@ -166,8 +169,10 @@ def build_sparse_cache(
 
     ``teacher_id`` identifies the teacher (e.g. its path plus a weights fingerprint): it is part of
     the key, so a different teacher never reads another's cache. ``max_chunks`` computes at most
-    that many new chunks, then raises :class:`EdgekdValueError` (bounds a run; tests use it to
-    simulate an interruption).
+    that many new chunks (per rank), then raises :class:`EdgekdValueError` (bounds a run; tests use
+    it to simulate an interruption). Under ``torchrun`` every rank computes its share of the missing
+    chunks (:func:`edgekd.distributed.shard`) and returns the whole cache; ``cache_dir`` must be a
+    folder every rank sees.
     """
     settings = settings or CacheSettings()
     settings.validate()
@@ -182,15 +187,18 @@ def build_sparse_cache(
     meta_path = d / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     vocab = meta.get("vocab_size")
+    # under torchrun the missing chunks are dealt out over the ranks (edgekd.distributed.shard):
+    # every rank lists them, waits for the others to have listed them, writes its own, waits again
+    sharded = dist.dist_context().is_distributed
+    todo = [c for c in range(n_chunks) if not chunk_path(d, c).exists()]
+    if sharded:
+        dist.barrier()
+    mine = dist.shard(todo) if sharded else todo
     new = 0
-    for c in range(n_chunks):
+    for c in mine:
         p = chunk_path(d, c)
-        if p.exists():
-            continue
         if max_chunks is not None and new >= max_chunks:
-            raise EdgekdValueError(
-                f"sparse cache: stopped after {new} new chunk(s) (max_chunks={max_chunks}); run again to resume"
-            )
+            break
         out = {}
         for j, (ids, am) in enumerate(arrays[c * bpc:(c + 1) * bpc]):
             with torch.no_grad():
@@ -211,11 +219,29 @@ def build_sparse_cache(
             out[f"b{j}.logprobs"] = st.topk_logprobs.cpu().numpy().astype(np.float32)
             out[f"b{j}.tail"] = st.tail_logmass.cpu().numpy().astype(np.float32)
         if not meta:
+            # the same bytes on every rank that gets here first: written atomically, before its first chunk
             meta = {"version": _FORMAT_VERSION, "teacher_id": str(teacher_id), "settings": asdict(settings),
                     "batches": len(arrays), "vocab_size": vocab}
-            meta_path.write_text(json.dumps(meta, indent=2))
+            tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, meta_path)
         save_chunk_atomic(p, out)
         new += 1
+    if sharded:
+        dist.barrier()  # every rank's chunks (and the meta) are on disk
+        if vocab is None and meta_path.exists():
+            vocab = json.loads(meta_path.read_text()).get("vocab_size")
+        vocabs = dist.all_reduce_max([vocab if vocab is not None else -1, -(vocab if vocab is not None else 1 << 40)])
+        if vocab is not None and (vocabs[0] != vocab or -vocabs[1] != vocab):
+            raise EdgekdValueError(f"sparse cache: the ranks' teachers have different vocabularies "
+                                   f"({int(-vocabs[1])} .. {int(vocabs[0])})")
+    left = sum(1 for c in todo if not chunk_path(d, c).exists())
+    if left:
+        raise EdgekdValueError(
+            f"sparse cache: stopped after {new} new chunk(s) "
+            f"(max_chunks={max_chunks}{' per rank' if sharded else ''}); "
+            f"{left} chunk(s) left, run again to resume"
+        )
     if vocab is None:
         raise EdgekdValueError(f"sparse cache: {meta_path} is missing; delete {d} to rebuild")
     return SparseTeacherCache(d, arrays, settings, vocab)

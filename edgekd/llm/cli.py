@@ -142,7 +142,10 @@ def _distill(args) -> int:
     out = pathlib.Path(args.out)
     res = train_causal_lm(student, train, teacher=teacher, config=cfg, eval_data=valid,
                           checkpoint_dir=str(out / "checkpoints"), resume=args.resume)
-    save_causal_lm(student, out, tok)
+    from edgekd import distributed as dist
+
+    if dist.is_main():  # under torchrun: rank 0 writes the student
+        save_causal_lm(student, out, tok)
     msg = f"{res.loop.steps} steps, {res.tokens_trained} tokens"
     if res.eval_after:
         before = f"{res.eval_before['perplexity']:.2f} -> " if res.eval_before else ""

@@ -26,6 +26,11 @@ live teacher model; the loss covers the sampled tokens only. A cache or callable
 ``config.fused``: the KD (+CE) loss from the student's final hidden states and its lm_head weight
 through :func:`edgekd.ops.fused_linear_kd.fused_linear_kd`, so the (N, V) student logits are never
 materialised (same loss and gradients as the unfused path up to float rounding).
+
+Under ``torchrun`` the loop runs data-parallel (:mod:`edgekd.distributed`): ``config.parallel`` is
+``"ddp"`` or ``"fsdp"`` (FSDP2, for students that do not fit one device); each rank takes its part of
+every step's sequences and the token normalisation above uses the whole step's token count, so the
+steps are those of one process. The sparse cache is built by all ranks together (chunks shared out).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from edgekd import distributed as dist
 from edgekd.errors import EdgekdValueError
 from edgekd.training import LoopConfig, LoopResult, epoch_order, seed_everything, train_loop
 
@@ -65,6 +71,7 @@ class LLMTrainConfig:
     sampling_temperature: float = 1.0  # temperature of the student's on-policy sampling (not the loss's)
     fused: bool = False  # KD (+CE) through edgekd.ops.fused_linear_kd: the (N, V) student logits never exist
     fused_chunk_size: int = 0  # rows per chunk of the fused op (0: its default)
+    parallel: str = "ddp"  # under torchrun: "ddp" (whole model per rank) or "fsdp" (sharded, no checkpoints yet)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(lr=1e-4, batch_size=4, warmup_ratio=0.05,
                                                                  weight_decay=0.0, metric="neg_eval_loss",
                                                                  select_best=False))
@@ -80,6 +87,8 @@ class LLMTrainConfig:
             raise EdgekdValueError("LLMTrainConfig: fused=True computes a KD loss; for CE-only training use fused=False")
         if not isinstance(self.fused_chunk_size, int) or self.fused_chunk_size < 0:
             raise EdgekdValueError(f"LLMTrainConfig.fused_chunk_size must be an int >= 0, got {self.fused_chunk_size!r}")
+        if self.parallel not in dist.STRATEGIES:
+            raise EdgekdValueError(f"LLMTrainConfig.parallel must be one of {dist.STRATEGIES}, got {self.parallel!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise EdgekdValueError(f"LLMTrainConfig.eval_batch_size must be an int >= 1, got {self.eval_batch_size!r}")
         self.loop.validate()
@@ -319,6 +328,13 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
         require_live_teacher(teacher, cache_dir)
     if cfg.fused:
         _check_fusable(student)
+    if dist.get_world_size() > 1:
+        if cfg.fused:
+            raise EdgekdValueError("train_causal_lm: fused=True runs the student's base model outside the DDP/FSDP "
+                                   "wrapper; under torchrun use fused=False")
+        if cfg.parallel == "fsdp" and cfg.on_policy_lambda > 0:
+            raise EdgekdValueError("train_causal_lm: on-policy sampling with parallel='fsdp' is not supported; "
+                                   "use parallel='ddp'")
     if cache_dir is not None and isinstance(teacher, torch.nn.Module):
         teacher = cached_teacher(teacher, d, cache_dir, topk=cfg.cache_topk, temperature=cfg.temperature,
                                  batch_size=cfg.eval_batch_size)
@@ -384,7 +400,7 @@ def train_causal_lm(student: torch.nn.Module, data: Mapping[str, torch.Tensor], 
     res = train_loop(student, n, make_batch, loop, loss_fn=loss_fn, on_step=on_step,
                      evaluate=evaluate if loop.eval_every is not None else None, order=order,
                      checkpoint_dir=checkpoint_dir, resume=resume, stop_after=stop_after, progress=progress,
-                     desc=desc)
+                     desc=desc, parallel=cfg.parallel)
     after = evaluate_perplexity(student, eval_data, cfg.eval_batch_size) if eval_data is not None and res.finished \
         else None
     return LLMTrainResult(loop=res, eval_before=before, eval_after=after, tokens_trained=cur.get("trained", 0))

@@ -9,7 +9,8 @@ gives it words (after the same truncation).
 
 The cache is a folder per (data, teacher weights, student tokenizer, settings) sha256 key, with
 one safetensors file per chunk of texts written atomically; an interrupted annotation resumes
-from the first missing chunk.
+from the first missing chunk. Under ``torchrun`` the ranks share the missing chunks out and write
+them to the same folder (:mod:`edgekd.distributed`); the files are those of a single process.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edgekd import distributed as dist
 from edgekd.chunks import chunk_path, load_chunk, save_chunk_atomic
 from edgekd.data.datasets import TextDataset
 from edgekd.data.tokenizer import WordTokenizer
@@ -229,9 +231,11 @@ def annotate(
     Args:
         cache_dir: root of the on-disk cache (None: no cache). Results go to
             ``cache_dir/<key>/``; finished chunks are reused and a run resumes at the first
-            missing chunk.
+            missing chunk. Under ``torchrun`` the missing chunks are shared out over the ranks
+            (:func:`edgekd.distributed.shard`), each rank writes its own, and every rank returns
+            the whole result; the folder must be one all ranks see.
         chunk_size: texts per chunk file.
-        max_chunks: compute at most this many new chunks, then stop (the returned annotations
+        max_chunks: compute at most this many new chunks (per rank), then stop (the returned annotations
             are then incomplete and :class:`EdgekdValueError` is raised); used to bound a run's
             time, and by tests to simulate an interruption.
     """
@@ -256,26 +260,33 @@ def annotate(
         wanted[:] = False
     key = annotation_key(dataset, teacher, word_tokenizer, ig, attribute_indices)
     d: Path | None = None
+    # under torchrun the missing chunks are dealt out over the ranks (edgekd.distributed.shard) and
+    # meet in the shared cache folder; without a cache folder every rank computes everything
+    sharded = cache_dir is not None and dist.dist_context().is_distributed
     if cache_dir is not None:
         d = Path(cache_dir) / key
         d.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "version": _FORMAT_VERSION,
-            "n": n,
-            "chunk_size": chunk_size,
-            "ig": asdict(ig) if ig is not None else None,
-            "teacher": teacher.path,
-            "dataset": dataset.source,
-            "attributed": int(wanted.sum()),
-        }
-        mp = d / "meta.json"
-        if mp.exists():
-            old = json.loads(mp.read_text())
-            if old.get("chunk_size") != chunk_size:
-                # chunk boundaries differ: the old chunks cannot be reused
-                for f in d.glob("chunk_*.safetensors"):
-                    f.unlink()
-        mp.write_text(json.dumps(meta, indent=2))
+        if dist.is_main():
+            meta = {
+                "version": _FORMAT_VERSION,
+                "n": n,
+                "chunk_size": chunk_size,
+                "ig": asdict(ig) if ig is not None else None,
+                "teacher": teacher.path,
+                "dataset": dataset.source,
+                "attributed": int(wanted.sum()),
+            }
+            mp = d / "meta.json"
+            if mp.exists():
+                old = json.loads(mp.read_text())
+                if old.get("chunk_size") != chunk_size:
+                    # chunk boundaries differ: the old chunks cannot be reused
+                    for f in d.glob("chunk_*.safetensors"):
+                        f.unlink()
+            tmp = mp.with_suffix(".tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, mp)
+        dist.barrier()  # meta written, stale chunks gone: every rank now sees the same folder
     n_chunks = (n + chunk_size - 1) // chunk_size
 
     from tqdm.auto import tqdm
@@ -284,45 +295,56 @@ def annotate(
     attrs_all: list[np.ndarray] = [np.zeros(0, np.float32)] * n
     has_all = np.zeros(n, dtype=bool)
     delta_all = np.zeros(n, dtype=np.float32)
-    new_chunks = 0
+
+    def take(k: int, lg, at, ha, dl) -> None:
+        lo = k * chunk_size
+        hi = lo + lg.shape[0]
+        logits_all[lo:hi] = lg
+        attrs_all[lo:hi] = at
+        has_all[lo:hi] = ha
+        delta_all[lo:hi] = dl
+
     todo = []
     for k in range(n_chunks):
         p = chunk_path(d, k) if d is not None else None
         if p is not None and p.exists():
-            lo = k * chunk_size
-            lg, at, ha, dl = _load_chunk(p)
-            hi = lo + lg.shape[0]
-            logits_all[lo:hi] = lg
-            attrs_all[lo:hi] = at
-            has_all[lo:hi] = ha
-            delta_all[lo:hi] = dl
+            take(k, *_load_chunk(p))
         else:
             todo.append(k)
-    work = int(sum(min(chunk_size, n - k * chunk_size) for k in todo))
-    need_ig = ig is not None and any(wanted[k * chunk_size : (k + 1) * chunk_size].any() for k in todo)
+    if sharded:
+        dist.barrier()  # every rank has listed the missing chunks before any rank writes one
+    mine = dist.shard(todo) if sharded else todo
+    work = int(sum(min(chunk_size, n - k * chunk_size) for k in mine))
+    need_ig = ig is not None and any(wanted[k * chunk_size : (k + 1) * chunk_size].any() for k in mine)
     attributor = _Attributor(teacher, ig) if need_ig else None
     bar = tqdm(total=work, desc="teacher annotate" + (f" (IG {ig.steps} steps)" if attributor else " (logits)"),
-               disable=not progress or not todo, unit="text")
+               disable=not dist.main_progress(progress) or not mine, unit="text")
+    done: set[int] = set()
     with _no_weight_grads(teacher.model, attributor is not None and ig.freeze_parameters):
-        for k in todo:
-            if max_chunks is not None and new_chunks >= max_chunks:
-                bar.close()
-                raise EdgekdValueError(
-                    f"annotate: stopped after {new_chunks} new chunk(s) (max_chunks={max_chunks}); "
-                    f"{len(todo) - new_chunks} chunk(s) left, run again to resume"
-                )
+        for k in mine:
+            if max_chunks is not None and len(done) >= max_chunks:
+                break
             lo, hi = k * chunk_size, min(n, (k + 1) * chunk_size)
             lg, at, ha, dl = _annotate_chunk(
                 teacher, dataset, word_tokenizer, range(lo, hi), wanted, attributor, ig, logits_batch_size, bar
             )
             if d is not None:
                 _save_chunk(chunk_path(d, k), lg, at, ha, dl)
-            logits_all[lo:hi] = lg
-            attrs_all[lo:hi] = at
-            has_all[lo:hi] = ha
-            delta_all[lo:hi] = dl
-            new_chunks += 1
+            take(k, lg, at, ha, dl)
+            done.add(k)
     bar.close()
+    if sharded:
+        dist.barrier()  # the other ranks' chunks are on disk: assemble them
+        for k in todo:
+            if k not in done and chunk_path(d, k).exists():
+                take(k, *_load_chunk(chunk_path(d, k)))
+                done.add(k)
+    left = len(todo) - len(done)
+    if left:
+        raise EdgekdValueError(
+            f"annotate: stopped after {len(done)} new chunk(s) (max_chunks={max_chunks}"
+            f"{' per rank' if sharded else ''}); {left} chunk(s) left, run again to resume"
+        )
     return Annotations(logits_all, list(attrs_all), has_all, key, delta_all)
 
 

@@ -122,7 +122,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         tok = WordTokenizer.from_file(args.tokenizer)
     else:
         tok = WordTokenizer.train(data.texts)
-        tok.save(out / "tokenizer.json")
+        from edgekd.distributed import is_main
+
+        if is_main():  # under torchrun every rank trains the same tokenizer; rank 0 writes it
+            tok.save(out / "tokenizer.json")
     teacher = Teacher.from_pretrained(args.teacher, max_length=max_length, device=_device(args))
     n = ann_cfg.sample
     idx = data.stratified_indices(n, seed=args.seed or 0) if n and n < len(data) else None

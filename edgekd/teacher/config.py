@@ -148,12 +148,18 @@ class AnnotateConfig(IGConfig):
 
 
 def resolve_device(device: str | None) -> str:
-    """``"auto"`` (or None) -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values are
+    """``"auto"`` (or None) -> ``"cuda"`` when a GPU is visible (``cuda:LOCAL_RANK`` under torchrun),
+    else ``"cpu"``; other values are
     checked and returned."""
     if device in (None, "auto"):
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        from edgekd.distributed import env_ranks
+
+        _, world, local = env_ranks()  # under torchrun: this rank's GPU
+        return f"cuda:{local}" if world > 1 else "cuda"
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise EdgekdValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return device

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edgekd import distributed as dist
 from edgekd.data.datasets import TextDataset
 from edgekd.errors import EdgekdValueError
 from edgekd.teacher.config import FinetuneConfig  # defined once there, with the other teacher settings
@@ -24,6 +25,8 @@ _FINETUNE_RECORD = "edgekd_teacher.json"
 def _tqdm(*args, **kwargs):
     from tqdm.auto import tqdm
 
+    if not dist.is_main():  # under torchrun: bars on rank 0 only
+        kwargs["disable"] = True
     return tqdm(*args, **kwargs)
 
 
@@ -234,15 +237,19 @@ def finetune_teacher(
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
         "label_names": names,
     }
-    if valid is not None:
+    if valid is not None:  # under torchrun: rank 0 scores and writes, the others wait for the files
         from edgekd.metrics import classification_metrics
 
-        pred = teacher.logits(valid.texts, batch_size=cfg.eval_batch_size, progress=progress).argmax(-1)
-        record["valid"] = classification_metrics(valid.labels, pred, names)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
+        if dist.is_main():
+            pred = teacher.logits(valid.texts, batch_size=cfg.eval_batch_size, progress=progress).argmax(-1)
+            record["valid"] = classification_metrics(valid.labels, pred, names)
+        record["valid"] = dist.broadcast_json(record.get("valid"))
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out), safe_serialization=True)
+        tok.save_pretrained(str(out))
+        record_path.write_text(json.dumps(record, indent=2))
+    dist.barrier()
     teacher = Teacher(model, tok, max_length=cfg.max_length, fingerprint=hash_model_dir(out), path=str(out))
-    record_path.write_text(json.dumps(record, indent=2))
     record["reused"] = False
     return teacher, record

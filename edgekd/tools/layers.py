@@ -22,7 +22,7 @@ ROOT_PACKAGE = "edgekd"
 # layer -> the top-level packages/modules of edgekd on it (an import may only go to the same or a
 # lower layer). "edgekd" is the package's own __init__.
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("edgekd", "errors", "_C", "_ext", "_lazy", "metrics", "assets", "cliflags", "settings", "chunks"),
+    0: ("edgekd", "errors", "_C", "_ext", "_lazy", "metrics", "assets", "cliflags", "settings", "chunks", "distributed"),
     1: ("ops", "data", "runtime", "training", "kernels"),
     2: ("students", "teacher", "prune", "quantize", "llm"),
     3: ("distill", "qa"),
