@@ -46,6 +46,27 @@ def mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torc
     return F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype))
 
 
+def xai_per_text(teacher_attributions: torch.Tensor, student_scores: torch.Tensor, attention_mask: torch.Tensor,
+                 eps: float = 1e-8, *, absolute: bool = False, centered: bool = False) -> torch.Tensor:
+    """[B] ``0.5 * (1 - cos)`` per text over its valid words (the forms of :func:`xai_loss`)."""
+    _same_shape(student_scores, teacher_attributions, "xai_loss")
+    _same_shape(student_scores, attention_mask, "xai_loss (attention_mask)")
+    m = attention_mask.to(student_scores.dtype)
+    t = teacher_attributions.to(student_scores.dtype)
+    if absolute:
+        t = t.abs()
+    t = t * m
+    s = student_scores * m
+    if centered:
+        n_words = m.sum(-1, keepdim=True).clamp_min(1.0)
+        t = (t - t.sum(-1, keepdim=True) / n_words) * m
+        s = (s - s.sum(-1, keepdim=True) / n_words) * m
+    dot = (t * s).sum(-1)
+    denom = t.norm(dim=-1).clamp_min(eps) * s.norm(dim=-1).clamp_min(eps)
+    per_text = 0.5 * (1.0 - dot / denom)
+    return per_text
+
+
 def xai_loss(
     teacher_attributions: torch.Tensor,
     student_scores: torch.Tensor,
@@ -72,21 +93,8 @@ def xai_loss(
     Returns:
         a scalar in [0, 1].
     """
-    _same_shape(student_scores, teacher_attributions, "xai_loss")
-    _same_shape(student_scores, attention_mask, "xai_loss (attention_mask)")
-    m = attention_mask.to(student_scores.dtype)
-    t = teacher_attributions.to(student_scores.dtype)
-    if absolute:
-        t = t.abs()
-    t = t * m
-    s = student_scores * m
-    if centered:
-        n_words = m.sum(-1, keepdim=True).clamp_min(1.0)
-        t = (t - t.sum(-1, keepdim=True) / n_words) * m
-        s = (s - s.sum(-1, keepdim=True) / n_words) * m
-    dot = (t * s).sum(-1)
-    denom = t.norm(dim=-1).clamp_min(eps) * s.norm(dim=-1).clamp_min(eps)
-    per_text = 0.5 * (1.0 - dot / denom)
+    per_text = xai_per_text(teacher_attributions, student_scores, attention_mask, eps,
+                            absolute=absolute, centered=centered)
     if sample_mask is None:
         return per_text.mean()
     w = sample_mask.to(per_text.dtype)
@@ -176,6 +184,8 @@ def loss_sums(
     teacher_attributions: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     attribution_mask: torch.Tensor | None = None,
+    xai_absolute: bool = False,
+    xai_centered: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The sums over this part of a batch of what :func:`distillation_loss` averages: ``ce`` (summed
     cross-entropy), ``kl`` (summed ``tau**2 * KL``), ``mse`` (summed squared error), ``xai`` (summed
@@ -198,10 +208,8 @@ def loss_sums(
         if student_scores is None or teacher_attributions is None or attention_mask is None:
             raise EdgekdValueError("loss_sums: method 'dixtill' needs student_scores, teacher_attributions and "
                                    "attention_mask")
-        m = attention_mask.to(student_scores.dtype)
-        t = teacher_attributions.to(student_scores.dtype) * m
-        sc = student_scores * m
-        per_text = 0.5 * (1.0 - (t * sc).sum(-1) / (t.norm(dim=-1).clamp_min(1e-8) * sc.norm(dim=-1).clamp_min(1e-8)))
+        per_text = xai_per_text(teacher_attributions, student_scores, attention_mask,
+                                absolute=xai_absolute, centered=xai_centered)
         w = torch.ones_like(per_text) if attribution_mask is None else attribution_mask.to(per_text.dtype)
         out["xai"] = (per_text * w).sum()
     return out
@@ -238,6 +246,7 @@ __all__ = [
     "kl_loss",
     "mse_loss",
     "xai_loss",
+    "xai_per_text",
     "distillation_loss",
     "loss_sums",
     "combine_sums",

@@ -168,7 +168,8 @@ def _rank_step(net, train: EncodedSplit, idx: list[int], cfg: TrainConfig, world
     bt = train.batch(mine)
     so = net(bt["input_ids"], bt["attention_mask"])
     kw = dict(tau=cfg.tau, student_scores=so.attention_logits, teacher_attributions=bt.get("teacher_attributions"),
-              attention_mask=bt["attention_mask"], attribution_mask=bt.get("attribution_mask"))
+              attention_mask=bt["attention_mask"], attribution_mask=bt.get("attribution_mask"),
+              xai_absolute=cfg.xai_absolute, xai_centered=cfg.xai_centered)
     if cfg.method in ("kl", "mse", "dixtill"):
         part = loss_sums(cfg.method, so.logits, bt["labels"], bt["teacher_logits"], **kw)
     else:

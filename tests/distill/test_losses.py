@@ -132,3 +132,24 @@ def test_xai_centered_is_shift_invariant_like_softmax():
     assert xai_loss(t, shifted, m).item() != pytest.approx(xai_loss(t, s, m).item(), rel=1e-3)
     # |attributions|: a sign flip of the teacher changes nothing
     assert xai_loss(-t, s, m, absolute=True).item() == pytest.approx(xai_loss(t, s, m, absolute=True).item())
+
+
+@pytest.mark.parametrize("absolute,centered", [(False, False), (True, False), (False, True), (True, True)])
+def test_loss_sums_carry_the_xai_forms(absolute, centered):
+    """The data-parallel sums (loss_sums/combine_sums) give distillation_loss for every L_XAI form."""
+    from edgekd.distill.losses import combine_sums, loss_sums
+
+    g = torch.Generator().manual_seed(5)
+    s_log, t_log = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    ta, sa = torch.randn(6, 7, generator=g), torch.randn(6, 7, generator=g)
+    m = torch.ones(6, 7)
+    m[2, 3:] = 0
+    am = torch.tensor([True, True, False, True, True, True])
+    ref, _ = distillation_loss("dixtill", s_log, labels, t_log, alpha=0.7, tau=2.0, student_scores=sa,
+                               teacher_attributions=ta, attention_mask=m, attribution_mask=am,
+                               xai_absolute=absolute, xai_centered=centered)
+    sums = loss_sums("dixtill", s_log, labels, t_log, tau=2.0, student_scores=sa, teacher_attributions=ta,
+                     attention_mask=m, attribution_mask=am, xai_absolute=absolute, xai_centered=centered)
+    got = combine_sums("dixtill", sums, 6, int(am.sum()), num_classes=3, alpha=0.7)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
