@@ -236,14 +236,17 @@ class LocalCausalLM(Generator):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        cfg = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
-        n = sum(p.numel() for p in model.parameters())
-        # the weights' statistics too: two random models with one config are different models
+        # what the model computes, not where it was loaded from: the class, the weights' size and
+        # statistics, the tokenizer's size and chat template (a saved and reloaded model keeps it)
         import torch
 
         with torch.no_grad():
-            wsum = float(sum(p.double().sum() for p in model.parameters()))
-        self._fp = "local:" + hashlib.sha256(f"{cfg}|{n}|{wsum:.6e}|{len(tokenizer)}".encode()).hexdigest()[:16]
+            params = list(model.state_dict().values())
+            n = sum(p.numel() for p in params)
+            s1 = float(sum(p.double().sum() for p in params))
+            s2 = float(sum(p.double().square().sum() for p in params))
+        ident = f"{type(model).__name__}|{n}|{s1:.6e}|{s2:.6e}|{len(tokenizer)}|{getattr(tokenizer, 'chat_template', '')}"
+        self._fp = "local:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     @property
     def fingerprint(self) -> str:

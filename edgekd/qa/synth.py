@@ -626,16 +626,17 @@ def save_dataset(triplets: Sequence[Triplet], report: dict[str, Any], out_dir: s
     except ImportError:
         raise EdgekdValueError("save_dataset needs the datasets package: pip install datasets") from None
     rows = [{**t.to_json(), "meta": json.dumps(t.meta, ensure_ascii=False, sort_keys=True)} for t in triplets]
-    features = datasets.Features({k: datasets.Value("int64" if k == "answer_start" else "string")
-                                  for k in ("context", "question", "answer", "context_id", "source",
-                                            "answer_start", "id", "meta")})
-    ds = datasets.Dataset.from_list(rows, features=features)
+    cols = ("context", "question", "answer", "context_id", "source", "answer_start", "id", "meta")
+    features = datasets.Features({k: datasets.Value("int64" if k == "answer_start" else "string") for k in cols})
+    # columns, not rows: an empty run keeps its schema (from_list([]) has no columns)
+    ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in cols}, features=features)
     target = out / "dataset"
     if target.exists():
         import shutil
 
         shutil.rmtree(target)
-    ds.save_to_disk(str(target))
+    # one shard: an empty dataset would get 0 shards, which load_from_disk fails on
+    ds.save_to_disk(str(target), num_shards=1)
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     os.replace(tmp, out / "report.json")
