@@ -209,7 +209,8 @@ class SynthConfig:
     """Settings of :func:`generate_triplets` (all recorded in the report)."""
 
     template: str = field(default="chat", metadata={"help": "prompt template: chat (instruct models) or "
-                                                             "fewshot (base models, completion API)"})
+                                                             "fewshot (base models, completion API)",
+                                                     "choices": ("chat", "fewshot")})
     per_context: int = field(default=2, metadata={"help": "question/answer pairs asked per paragraph"})
     max_new_tokens: int = field(default=128, metadata={"help": "tokens per completion"})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy; > 0: sampling"})
