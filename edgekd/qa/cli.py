@@ -122,7 +122,7 @@ def _generate(args: argparse.Namespace) -> int:
     retrieve = bm25_retriever(every) if args.specificity_k else None
     if args.specificity_k:
         cfg.specificity_k = args.specificity_k
-    read = generator_reader(gen, chat=cfg.template == "chat") if args.round_trip else None
+    read = generator_reader(gen, chat=cfg.prompt.kind == "chat") if args.round_trip else None
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else out / "cache"
     triplets, report = generate_triplets(paras, gen, cfg, cache, progress=not args.quiet,

@@ -245,7 +245,8 @@ class LocalCausalLM(Generator):
             n = sum(p.numel() for p in params)
             s1 = float(sum(p.double().sum() for p in params))
             s2 = float(sum(p.double().square().sum() for p in params))
-        ident = f"{type(model).__name__}|{n}|{s1:.6e}|{s2:.6e}|{len(tokenizer)}|{getattr(tokenizer, 'chat_template', '')}"
+        template = getattr(tokenizer, "chat_template", "") or ""
+        ident = f"{type(model).__name__}|{n}|{s1:.6e}|{s2:.6e}|{len(tokenizer)}|{template}"
         self._fp = "local:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     @property

@@ -8,9 +8,9 @@
 
 Prompt templates are data (:class:`PromptTemplate`: a name, a kind and a text, recorded in every
 output): ``chat`` asks an instruct model for ``{n}`` question/answer pairs in one message;
-``fewshot`` is a completion prompt for base models (two worked examples, then the paragraph and
-``Question:``; the model continues the pattern, one pair per completion, ``{n}`` completions with
-seeds ``seed .. seed+n-1``).
+``chat-example`` adds a worked example to it; ``fewshot`` is a completion prompt for base models
+(two worked examples, then the paragraph and ``Question:``; the model continues the pattern, one
+pair per completion, ``{n}`` sampled completions).
 
 Each model output is parsed into ``Question: ... / Answer: ...`` pairs and the candidates pass, in
 order, the filters below; the report counts what each one drops:
@@ -124,7 +124,19 @@ _FEWSHOT = PromptTemplate(
     stop=("\n\n", "\nParagraph:", "Paragraph:"),
 )
 
-TEMPLATES: dict[str, PromptTemplate] = {"chat": _CHAT, "fewshot": _FEWSHOT}
+_CHAT_EXAMPLE = PromptTemplate(
+    name="chat-example-v1", kind="chat",
+    text=("Write {n} questions about a privacy policy paragraph. Each answer is a short phrase copied word for "
+          "word from the paragraph, never the question itself.\n\n"
+          "Example paragraph: We keep your payment records for seven years to comply with tax laws.\n"
+          "Question: How long are payment records kept?\n"
+          "Answer: seven years\n"
+          "Question: Why are payment records kept?\n"
+          "Answer: to comply with tax laws\n\n"
+          "Paragraph: {context}"),
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {"chat": _CHAT, "chat-example": _CHAT_EXAMPLE, "fewshot": _FEWSHOT}
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +167,7 @@ def token_f1(prediction: str, truth: str) -> float:
 _LABEL_Q = r"(?:question|q)\s*\d*\s*[:.)\-]"
 _LABEL_A = r"(?:answer|a)\s*\d*\s*[:.)\-]"
 _PAIR = re.compile(
-    rf"(?:^|\n)[ \t]*(?:\d+[.)]\s*)?{_LABEL_Q}[ \t]*(?P<q>[^\n]*?)[ \t]*(?:\n[ \t]*|[ \t]+)(?:\d+[.)]\s*)?"
+    rf"(?:^|\n)[ \t]*(?:\d+[.)]\s*)?{_LABEL_Q}[ \t]*(?P<q>[^\n]*?)[ \t]*(?:(?:[ \t]*\n)+[ \t]*|[ \t]+)(?:\d+[.)]\s*)?"
     rf"{_LABEL_A}[ \t]*(?P<a>[^\n]*)",
     re.IGNORECASE)
 
@@ -210,7 +222,7 @@ class SynthConfig:
 
     template: str = field(default="chat", metadata={"help": "prompt template: chat (instruct models) or "
                                                              "fewshot (base models, completion API)",
-                                                     "choices": ("chat", "fewshot")})
+                                                     "choices": ("chat", "chat-example", "fewshot")})
     per_context: int = field(default=2, metadata={"help": "question/answer pairs asked per paragraph"})
     max_new_tokens: int = field(default=128, metadata={"help": "tokens per completion"})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy; > 0: sampling"})
@@ -565,7 +577,8 @@ def _card(triplets: list[Triplet], report: dict[str, Any]) -> str:
     example = ""
     if triplets:
         t = triplets[0]
-        example = (f"\n## Example\n\n- context ({t.context_id}): {t.context[:300]}{'...' if len(t.context) > 300 else ''}\n"
+        ctx = t.context[:300] + ("..." if len(t.context) > 300 else "")
+        example = (f"\n## Example\n\n- context ({t.context_id}): {ctx}\n"
                    f"- question: {t.question}\n- answer: {t.answer} (answer_start {t.answer_start})\n")
     return f"""---
 pretty_name: edgekd synthetic legal QA triplets

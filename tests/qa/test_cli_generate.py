@@ -31,7 +31,8 @@ def qa_server():
 def paragraphs_file(tmp_path):
     p = tmp_path / "paras.jsonl"
     rows = [{"id": f"d{i // 3}#{i}", "group": f"d{i // 3}",
-             "text": f"Paragraph {i} says that we keep record kind {i} for {i + 1} years and share it with partner {i}."}
+             "text": f"Paragraph {i} says that we keep record kind {i} for {i + 1} years and share it with "
+                     f"partner {i}."}
             for i in range(9)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p

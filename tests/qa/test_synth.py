@@ -57,6 +57,7 @@ def test_parse_pairs_formats():
     assert parse_pairs(" What is kept?\nAnswer: logs\n\nParagraph: x", "Question:") == [("What is kept?", "logs")]
     assert parse_pairs("1. **Question:** Who gets data? **Answer:** partners\nQ2: When?\nA2: \"now\"") == [
         ("Who gets data?", "partners"), ("When?", "now")]
+    assert parse_pairs("Question: Who?\n\nAnswer: we") == [("Who?", "we")]   # a blank line between
     assert parse_pairs("Question: no answer here") == []
     assert parse_pairs("Question: \nAnswer: x") == []  # empty question
 
