@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--round-trip", action="store_true", help="round-trip filter with the generator as reader")
+    ap.add_argument("--template", help="override the template of every model (chat, chat-example, fewshot)")
     ap.add_argument("--local", action="store_true", help="also generate in process with transformers")
     ap.add_argument("--local-limit", type=int, default=8)
     ap.add_argument("--work", default="/tmp/qa_synth")
@@ -72,7 +74,7 @@ def main() -> None:
     from edgekd.qa.cli import select
     from edgekd.qa.data import load_policyqa
     from edgekd.qa.generators import LocalCausalLM, OpenAICompatible
-    from edgekd.qa.synth import SynthConfig, bm25_retriever, generate_triplets, save_dataset
+    from edgekd.qa.synth import SynthConfig, bm25_retriever, generate_triplets, generator_reader, save_dataset
 
     every = load_policyqa("dev")[0]
     paras = select(every, None, args.sample, args.seed)
@@ -82,20 +84,22 @@ def main() -> None:
     rows = []
     for name in args.models:
         api, template = MODELS[name]
+        template = args.template or template
         cfg = SynthConfig(template=template, per_context=args.per_context, max_new_tokens=args.max_new_tokens,
-                          temperature=0.0 if template == "chat" else 0.7, seed=args.seed,
+                          temperature=0.0 if template != "fewshot" else 0.7, seed=args.seed,
                           batch_size=max(4, 2 * args.concurrency))
         gguf = Path(asset_path(name))
         proc, url = start_server(gguf, args.threads, work / f"{name}.server.log")
         try:
             gen = OpenAICompatible(url, gguf.stem, api=api, concurrency=args.concurrency, timeout=600)
             t0 = time.perf_counter()
-            trips, rep = generate_triplets(paras, gen, cfg, work / "cache", retrieve=retrieve)
+            read = generator_reader(gen, chat=api == "chat") if args.round_trip else None
+            trips, rep = generate_triplets(paras, gen, cfg, work / "cache", retrieve=retrieve, read=read)
             wall = time.perf_counter() - t0
         finally:
             proc.terminate()
             proc.wait(30)
-        save_dataset(trips, rep, work / name)
+        save_dataset(trips, rep, work / f"{name}-{template}")
         rows.append({"model": name, "backend": "llama.cpp server", "api": api, "template": cfg.template,
                      "wall_s": round(wall, 1), "report": rep})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "report"} | {"kept": rep["kept"],
