@@ -36,9 +36,13 @@ def free_port() -> int:
 def start_server(gguf: Path, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     out = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_threads", str(threads), "--n_ctx", "2048",
-                             "--model_alias", gguf.stem, "--verbose", "False"], stdout=out, stderr=subprocess.STDOUT)
+    # the launcher of tests/factories.py: llama.cpp without its extra weight buffers (their AMX
+    # kernel faults on this VM), else `python -m llama_cpp.server` unchanged
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from factories import llama_server_command
+
+    proc = subprocess.Popen(llama_server_command(gguf, port, threads=threads, n_ctx=2048), stdout=out,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -329,3 +329,32 @@ class FakeOpenAIServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ------------------------------------------------------------------------------ llama.cpp server
+# `python -m llama_cpp.server` with llama.cpp's extra weight buffers (weight repacking) turned off:
+# this VM's CPU advertises AMX, and ggml's AMX matmul (an extra buffer type) dies in `ldtilecfg`
+# with a general-protection fault (SIGSEGV) even after the AMX permission is granted; without the
+# extra buffers ggml uses its AVX-512 kernels. Weight repacking is a speed-up only.
+LLAMA_SERVER_LAUNCHER = """
+import sys
+import llama_cpp.llama as L
+_default = L.llama_cpp.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+L.llama_cpp.llama_model_default_params = _params
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
+def llama_server_command(gguf, port: int, threads: int = 1, n_ctx: int = 1024, alias: str | None = None) -> list[str]:
+    """The command line of an OpenAI-compatible llama.cpp server on 127.0.0.1:``port`` (see above)."""
+    import sys
+
+    return [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(gguf), "--host", "127.0.0.1",
+            "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx),
+            "--model_alias", alias or pathlib.Path(gguf).stem, "--verbose", "False"]

@@ -1,9 +1,10 @@
-"""The OpenAI-compatible client against a real server: llama.cpp's (``python -m llama_cpp.server``,
-a dev dependency) serving SmolLM2-135M-Instruct (GGUF Q4_1, the ``smollm2`` asset) on one thread."""
+"""The OpenAI-compatible client against a real server: llama.cpp's (``llama_cpp.server`` of
+llama-cpp-python, a dev dependency; started through :func:`factories.llama_server_command`, which
+turns off the extra weight buffers whose AMX kernel faults on this VM) serving SmolLM2-135M-Instruct
+(GGUF Q4_1, the ``smollm2`` asset) on one thread."""
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -15,6 +16,7 @@ from edgekd.assets import asset_path  # noqa: E402
 from edgekd.qa.generators import OpenAICompatible  # noqa: E402
 from edgekd.qa.synth import SynthConfig, generate_triplets  # noqa: E402
 from edgekd.qa.types import Paragraph  # noqa: E402
+from factories import llama_server_command  # noqa: E402
 
 
 def _free_port() -> int:
@@ -29,9 +31,7 @@ def llama_server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                                 "--port", str(port), "--n_threads", "1", "--n_ctx", "1024",
-                                 "--model_alias", "smollm2", "--verbose", "False"],
+        proc = subprocess.Popen(llama_server_command(gguf, port, threads=1, alias="smollm2"),
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -64,22 +64,30 @@ def test_chat_through_llama_server(llama_server):
     prompts = ["What is a privacy policy? Answer in one sentence.",
                [{"role": "user", "content": "Name one kind of personal data."}],
                "Say hello."]
-    out = g.generate(prompts, max_new_tokens=12)
+    out = g.generate(prompts, max_new_tokens=8)
     assert len(out) == 3 and all(c.text.strip() for c in out)
-    assert all(c.prompt_tokens > 5 and 1 <= c.completion_tokens <= 12 for c in out)
-    assert all(c.completion_tokens == 12 for c in out if c.finish_reason == "length")
+    assert all(c.prompt_tokens > 5 and 1 <= c.completion_tokens <= 8 for c in out)
+    assert all(c.completion_tokens == 8 for c in out if c.finish_reason == "length")
     assert g.usage.requests == 3 and g.usage.missing_usage == 0
     assert g.usage.completion_tokens == sum(c.completion_tokens for c in out)
     assert g.usage.prompt_tokens == sum(c.prompt_tokens for c in out)
-    again = g.generate(prompts[:1], max_new_tokens=12)  # greedy: the same answer again
+    again = g.generate(prompts[:1], max_new_tokens=8)  # greedy: the same answer again
     assert again[0].text == out[0].text
 
 
 def test_completions_through_llama_server(llama_server):
     g = OpenAICompatible(llama_server, "smollm2", api="completions", concurrency=1, timeout=60)
-    out = g.generate(["Question: What colour is the sky?\nAnswer:", "1, 2, 3, 4,"], max_new_tokens=8, stop=["\n"])
+    prompts = ["Question: What colour is the sky?\nAnswer:", "1, 2, 3, 4,"]
+    out = g.generate(prompts, max_new_tokens=8, stop=["\n"])
     assert all("\n" not in c.text for c in out)
-    assert out[1].prompt_tokens < out[0].prompt_tokens and all(c.completion_tokens >= 1 for c in out)
+    # prompt tokens as llama.cpp's own tokenizer counts them; "length" means all 8 were generated
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(asset_path("smollm2")), vocab_only=True, verbose=False)
+    assert [c.prompt_tokens for c in out] == [len(vocab.tokenize(p.encode(), add_bos=True, special=True))
+                                              for p in prompts]
+    assert all(1 <= c.completion_tokens <= 8 for c in out)
+    assert all(c.completion_tokens == 8 for c in out if c.finish_reason == "length")
     assert g.usage.completion_tokens == sum(c.completion_tokens for c in out)
 
 
