@@ -61,6 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3-270m"], choices=sorted(MODELS))
     ap.add_argument("--sample", type=int, default=40, help="PolicyQA dev paragraphs (seeded, spread over policies)")
+    ap.add_argument("--first", type=int, help="only the first K of the sampled paragraphs (a cached run's prefix)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-context", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -81,7 +82,7 @@ def main() -> None:
     from edgekd.qa.synth import SynthConfig, bm25_retriever, generate_triplets, generator_reader, save_dataset
 
     every = load_policyqa("dev")[0]
-    paras = select(every, None, args.sample, args.seed)
+    paras = select(every, None, args.sample, args.seed)[:args.first]
     retrieve = bm25_retriever(every)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
