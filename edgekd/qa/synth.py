@@ -397,6 +397,7 @@ def generate_triplets(paragraphs: Sequence[Paragraph], generator: Generator, con
     if bar is not None:
         bar.close()
     gen_seconds = time.perf_counter() - t0
+    usage = generator.usage.to_json()  # before a round-trip reader that may share the generator
 
     # ------------------------------------------------------------------ parse
     counts: dict[str, dict[str, int]] = {}
@@ -486,7 +487,6 @@ def generate_triplets(paragraphs: Sequence[Paragraph], generator: Generator, con
         tid = "syn-" + hashlib.sha256(f"{c['p'].id}\n{c['q']}".encode()).hexdigest()[:16]
         triplets.append(Triplet(c["p"].text, c["q"], c["a"], c["p"].id, "synthetic", c["start"], tid, meta))
 
-    usage = generator.usage.to_json()
     report = {
         "paragraphs": len(paragraphs),
         "completions": len(jobs),
@@ -499,7 +499,8 @@ def generate_triplets(paragraphs: Sequence[Paragraph], generator: Generator, con
         "kept_per_paragraph": round(len(triplets) / len(paragraphs), 3),
         "exact_span": sum(t.answer_start >= 0 for t in triplets),
         "filters": counts,
-        "generator": {"name": generator.name, "fingerprint": generator.fingerprint, "usage": usage},
+        "generator": {"name": generator.name, "fingerprint": generator.fingerprint, "usage": usage,
+                      "usage_with_reader": generator.usage.to_json() if read is not None else None},
         "template": tpl.to_json(),
         "settings": asdict(config),
         "cache": str(cache.path) if cache.path is not None else None,
