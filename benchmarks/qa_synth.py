@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--round-trip", action="store_true", help="round-trip filter with the generator as reader")
-    ap.add_argument("--template", help="override the template of every model (chat, chat-example, fewshot)")
+    ap.add_argument("--template", help="template of the instruct (chat) models: chat or chat-example")
     ap.add_argument("--local", action="store_true", help="also generate in process with transformers")
     ap.add_argument("--local-limit", type=int, default=8)
     ap.add_argument("--work", default="/tmp/qa_synth")
@@ -89,7 +89,8 @@ def main() -> None:
     rows = []
     for name in args.models:
         api, template = MODELS[name]
-        template = args.template or template
+        if args.template and api == "chat":
+            template = args.template
         cfg = SynthConfig(template=template, per_context=args.per_context, max_new_tokens=args.max_new_tokens,
                           temperature=0.0 if template != "fewshot" else 0.7, seed=args.seed,
                           batch_size=max(4, 2 * args.concurrency))
