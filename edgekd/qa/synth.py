@@ -196,14 +196,15 @@ def parse_pairs(text: str, response_prefix: str = "") -> list[tuple[str, str]]:
 
 def ground_answer(answer: str, context: str, min_overlap: float) -> tuple[str, int, float] | None:
     """``(answer as in the context, answer_start, overlap)`` when ``answer`` is a span of
-    ``context`` (case-insensitive; trailing punctuation ignored; overlap 1.0), else ``(answer, -1,
+    ``context`` (whole words, case-insensitive; trailing punctuation ignored; overlap 1.0), else ``(answer, -1,
     overlap)`` when the fraction of its normalised tokens found in the context is at least
     ``min_overlap``, else None."""
     a = answer.strip().rstrip(".;,!").strip()
     if a:
-        i = context.lower().find(a.lower())
-        if i >= 0:
-            return context[i:i + len(a)], i, 1.0
+        # whole words only: "no" is not a span of "not"
+        m = re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", context, flags=re.IGNORECASE)
+        if m:
+            return m.group(0), m.start(), 1.0
     toks = normalize_text(answer).split()
     if not toks:
         return None

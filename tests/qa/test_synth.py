@@ -75,6 +75,9 @@ def test_ground_answer_span_and_overlap():
     text, start, ov = ground_answer("data with providers", ctx, 0.8)   # not a span, all tokens present
     assert start == -1 and ov == 1.0 and text == "data with providers"
     assert ground_answer("personal data of children", ctx, 0.8) is None  # 2 of 4 tokens
+    assert ground_answer("no", "We do not sell it.", 0.8) is None           # a word, not a piece of "not"
+    assert ground_answer("no", "No, we do not sell it.", 0.8) == ("No", 0, 1.0)
+    assert ground_answer("data (personal)", "We share data (personal) only.", 0.8)[1] == 9
     assert ground_answer("personal data of children", ctx, 0.5)[1] == -1
 
 
