@@ -24,6 +24,7 @@ _COMMAND_MODULES: list[str] = [
     "edgekd.compile.cli",
     "edgekd.runtime.cli",
     "edgekd.llm.cli",
+    "edgekd.qa.cli",
 ]
 
 

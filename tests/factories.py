@@ -8,9 +8,12 @@ Import by name (``from factories import ...``): ``tests/`` is on ``sys.path`` be
 from __future__ import annotations
 
 import collections
+import json
 import pathlib
 import re
 import string
+import threading
+import time
 from typing import Sequence
 
 # Twelve finance headlines with 3-class labels (the TFNS classes), for compile/runtime/bench tests
@@ -274,3 +277,114 @@ def torchrun(args: Sequence[str], *, nproc: int = 2, timeout: float = 900, cwd=N
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or root, env=full_env)
+
+
+# ------------------------------------------------------------------- OpenAI-compatible test server
+class FakeOpenAIServer:
+    """An OpenAI-compatible server whose next answers are scripted: ``plan`` is a list of actions
+    consumed one per POST (``"ok"``, ``503``, ``429``, ``"sleep"``, ``"garbage"``, ``"nousage"``,
+    ``400``); when it is empty, "ok". Records requests and the most requests in flight at once.
+    ``respond(text) -> text`` makes the completion (default: ``"echo: " + prompt + " STOP tail"``,
+    a server that ignores ``stop``)."""
+
+    def __init__(self, delay: float = 0.0, respond=None):
+        self.plan: list = []
+        self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.delay = delay
+        self.respond = respond or (lambda text: "echo: " + text + " STOP tail")
+        self.lock = threading.Lock()
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body, headers=()):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "fake-model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with srv.lock:
+                    action = srv.plan.pop(0) if srv.plan else "ok"
+                    srv.requests.append({"path": self.path, "body": body, "action": action,
+                                         "auth": self.headers.get("Authorization")})
+                    srv.in_flight += 1
+                    srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+                try:
+                    if srv.delay:
+                        time.sleep(srv.delay)
+                    if action == "sleep":
+                        time.sleep(1.0)
+                        return self._send(200, {})
+                    if action in (503, 500):
+                        return self._send(action, {"error": "overloaded"})
+                    if action == 429:
+                        return self._send(429, {"error": "slow down"}, [("Retry-After", "0.05")])
+                    if action == 400:
+                        return self._send(400, {"error": "model not found"})
+                    if action == "garbage":
+                        return self._send(200, b"<html>hello</html>")
+                    if action == "nochoices":
+                        return self._send(200, {"weird": True})
+                    text = srv.respond(body["messages"][-1]["content"] if "messages" in body else body["prompt"])
+                    ch = {"finish_reason": "length", "index": 0}
+                    ch.update({"message": {"role": "assistant", "content": text}} if "messages" in body
+                              else {"text": text})
+                    out = {"choices": [ch]}
+                    if action != "nousage":
+                        out["usage"] = {"prompt_tokens": len(text.split()), "completion_tokens": body["max_tokens"]}
+                    return self._send(200, out)
+                finally:
+                    with srv.lock:
+                        srv.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ------------------------------------------------------------------------------ llama.cpp server
+# `python -m llama_cpp.server` with llama.cpp's extra weight buffers (weight repacking) turned off:
+# this VM's CPU advertises AMX, and ggml's AMX matmul (an extra buffer type) dies in `ldtilecfg`
+# with a general-protection fault (SIGSEGV) even after the AMX permission is granted; without the
+# extra buffers ggml uses its AVX-512 kernels. Weight repacking is a speed-up only.
+LLAMA_SERVER_LAUNCHER = """
+import sys
+import llama_cpp.llama as L
+_default = L.llama_cpp.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+L.llama_cpp.llama_model_default_params = _params
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
+def llama_server_command(gguf, port: int, threads: int = 1, n_ctx: int = 1024, alias: str | None = None) -> list[str]:
+    """The command line of an OpenAI-compatible llama.cpp server on 127.0.0.1:``port`` (see above)."""
+    import sys
+
+    return [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(gguf), "--host", "127.0.0.1",
+            "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx),
+            "--model_alias", alias or pathlib.Path(gguf).stem, "--verbose", "False"]
