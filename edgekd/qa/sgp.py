@@ -69,7 +69,7 @@ class PromptFormat:
         q0 = len(head)
         q1 = q0 + len(question)
         prompt = self.prompt(context, question)
-        text = prompt + " " + answer
+        text = prompt + " " + answer if answer else prompt  # no answer: an empty span
         return text, (q0, q1), (len(prompt), len(text))
 
 
