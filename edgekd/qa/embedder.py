@@ -71,6 +71,7 @@ def export_sentence_embedder(src_dir: str | os.PathLike, out_dir: str | os.PathL
     ``tokenizer.json``) to ``out_dir`` (``model.onnx``, ``tokenizer.json``, ``embedder.json``) and
     check parity; returns ``out_dir``."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
     src, out = Path(src_dir), Path(out_dir)
@@ -82,7 +83,7 @@ def export_sentence_embedder(src_dir: str | os.PathLike, out_dir: str | os.PathL
     try:
         model = AutoModel.from_pretrained(str(src)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(src))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, truncated or corrupt weights
         raise EdgekdValueError(f"{src}: cannot load the encoder: {' '.join(str(exc).split())[:300]}") from None
     max_length = _max_length(src, model.config)
     names = ["input_ids", "attention_mask"]
@@ -106,7 +107,7 @@ def export_sentence_embedder(src_dir: str | os.PathLike, out_dir: str | os.PathL
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     tmp = out / "model.onnx.tmp"
     with torch.no_grad():
-        torch.onnx.export(Encoder(model), args, str(tmp), input_names=names, output_names=["last_hidden_state"],
+        torch.onnx.export(Encoder(model).eval(), args, str(tmp), input_names=names, output_names=["last_hidden_state"],
                           dynamic_shapes={n: {0: batch, 1: seq} for n in names}, opset_version=opset,
                           dynamo=True, external_data=False, verbose=False)
     os.replace(tmp, out / "model.onnx")
