@@ -137,9 +137,11 @@ def _load_scorer(args):
     from edgekd.llm.models import load_causal_lm
     from edgekd.qa.sgp import TorchLMScorer
 
+    from edgekd.teacher.config import resolve_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_causal_lm(args.model)
+    model, tok = load_causal_lm(args.model, device=resolve_device(args.device))
     return TorchLMScorer(model, tok, batch_size=args.batch_size, max_length=args.max_length)
 
 
@@ -235,7 +237,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="SGP: LM terms, comma-separated: question,answer (default both)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=_positive, default=32,
                    help="longest answer in tokens (default 32)")
-    cliflags.add_flags(p, "--batch-size", "--threads", "--max-length",
+    cliflags.add_flags(p, "--batch-size", "--threads", "--max-length", "--device",
+                       device=dict(default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N"),
                        batch_size=dict(type=_positive, default=8, help="LM sequences per batch (default 8)"),
                        max_length=dict(type=_positive, default=None,
                                        help="LM tokens per sequence; longer paragraphs lose their start "

@@ -132,5 +132,7 @@ def test_bad_command_lines(files, capsys):
         run("answer", "--index", d / "missing", "--model", model, "  ")
     with pytest.raises(EdgekdValueError, match="terms"):
         run("evaluate", "--data", squad, "--model", model, "--terms", "bleu", "--out", d / "x.json")
+    with pytest.raises(EdgekdValueError, match="device"):
+        run("evaluate", "--data", squad, "--model", model, "--device", "tpu", "--out", d / "x.json")
     with pytest.raises(EdgekdValueError, match="model"):
         run("evaluate", "--data", squad, "--model", d / "nomodel", "--mode", "closed-book", "--out", d / "x.json")
