@@ -64,10 +64,12 @@ class PromptFormat:
 
     def scored(self, context: str | None, question: str, answer: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
         """``(text, question_span, answer_span)``: the prompt followed by ``" " + answer``, and the
-        character spans of the question and of the answer (its leading space included)."""
+        character spans of the question and of the answer (each with the space before it)."""
         head = self.closed_prefix if context is None else self.context_prefix + context + self.question_prefix
-        q0 = len(head)
-        q1 = q0 + len(question)
+        # the space before the question belongs to its first token in byte-level BPE tokenizers
+        # (GPT-2, SmolLM2: "Ġword", whose offset starts at the space unless trimmed)
+        q0 = len(head) - 1 if head.endswith(" ") else len(head)
+        q1 = len(head) + len(question)
         prompt = self.prompt(context, question)
         text = prompt + " " + answer if answer else prompt  # no answer: an empty span
         return text, (q0, q1), (len(prompt), len(text))

@@ -103,9 +103,28 @@ def test_modes_build_the_right_prompts(index):
 
 def test_prompt_spans():
     text, qs, as_ = FMT.scored("Some paragraph.", "Why?", "Because.")
-    assert text[qs[0]:qs[1]] == "Why?" and text[as_[0]:as_[1]] == " Because."
+    assert text[qs[0]:qs[1]] == " Why?" and text[as_[0]:as_[1]] == " Because."
     text, qs, as_ = FMT.scored(None, "Why?", "")
-    assert text[qs[0]:qs[1]] == "Why?" and as_[0] == as_[1]
+    assert text[qs[0]:qs[1]] == " Why?" and as_[0] == as_[1]
+    text, qs, _ = PromptFormat(question_prefix="\nQ:").scored("P", "Why?", "x")
+    assert text[qs[0]:qs[1]] == "Why?"
+
+
+def test_byte_level_tokenizer_counts_every_question_token():
+    """With a GPT-2-style byte-level BPE (offsets not trimmed), the first question token "Ġhow"
+    starts at the space before the question: it is still counted."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["Context", ":", "Ġcookies", "Ċ", "Question", "Ġhow", "Ġare", "Ġyou", "Answer", "Ġfine"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="Context", eos_token="Context")
+    text, qs, as_ = FMT.scored("cookies", "how are you", "fine")
+    enc = fast(text, return_offsets_mapping=True)
+    starts = [s for s, _ in enc["offset_mapping"]]
+    assert sum(qs[0] <= s < qs[1] for s in starts) == 3 and sum(as_[0] <= s < as_[1] for s in starts) == 1
 
 
 def test_bad_settings_and_inputs(index):
