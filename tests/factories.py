@@ -49,7 +49,7 @@ _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 __all__ = ["TEXTS", "LABELS", "LABEL_NAMES", "CLI_TEXTS", "CLI_LABELS", "CLI_LABEL_NAMES", "wordpiece_tokenizer",
            "make_word_tokenizer", "tiny_config", "tiny_classifier", "tiny_encoder", "make_batch", "save_tiny_bert",
            "make_tiny_teacher", "save_tiny_model_dir", "make_tiny_bert", "save_random_student", "tiny_llama",
-           "llama_word_tokenizer", "LLAMA_WORDS", "free_port", "torchrun"]
+           "llama_word_tokenizer", "LLAMA_WORDS", "free_port", "torchrun", "save_bow_embedder"]
 
 
 # ----------------------------------------------------------------------------------- tokenizers
@@ -388,3 +388,39 @@ def llama_server_command(gguf, port: int, threads: int = 1, n_ctx: int = 1024, a
     return [sys.executable, "-c", LLAMA_SERVER_LAUNCHER, "--model", str(gguf), "--host", "127.0.0.1",
             "--port", str(port), "--n_threads", str(threads), "--n_ctx", str(n_ctx),
             "--model_alias", alias or pathlib.Path(gguf).stem, "--verbose", "False"]
+
+
+# ----------------------------------------------------------------------------------- embedders
+def save_bow_embedder(path, texts: Sequence[str], *, dim: int = 16, seed: int = 0):
+    """A torch-free ONNX sentence embedder for edgekd.runtime.retrieval.OnnxSentenceEmbedder: the
+    graph looks each token up in a random ``(vocab, dim)`` table (one ``Gather``), so the sentence
+    vector is the mean of its tokens' rows ([CLS]/[SEP] included; [PAD] and [UNK] rows are zero).
+    WordPiece vocabulary over ``texts``. Returns ``(folder, table)``."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = pathlib.Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    tok = wordpiece_tokenizer(texts)
+    tok.save(str(d / "tokenizer.json"))
+    table = np.random.default_rng(seed).normal(size=(tok.get_vocab_size(), dim)).astype(np.float32)
+    table[:2] = 0.0  # [PAD], [UNK]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"], axis=0),
+         helper.make_node("Identity", ["attention_mask"], ["mask_out"])],
+        "bow",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", dim]),
+         helper.make_tensor_value_info("mask_out", TensorProto.INT64, ["batch", "seq"])],
+        [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(d / "model.onnx"))
+    (d / "embedder.json").write_text(json.dumps({"format": "edgekd-sentence-embedder", "max_length": 64, "dim": dim,
+                                                 "pooling": "mean", "normalize": True,
+                                                 "output": "last_hidden_state", "pad_id": 0}))
+    return d, table

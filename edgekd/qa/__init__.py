@@ -7,4 +7,9 @@ inference the Selective Generative Paradigm (SGP) lets the retriever and the gen
 paragraph to answer from.
 
 - :mod:`edgekd.qa.types` / :mod:`edgekd.qa.data`: triplets, paragraphs, PolicyQA (SQuAD format).
+- :mod:`edgekd.runtime.retrieval` (torch-free, also on the device): BM25 / dense / hybrid paragraph
+  indexes; :mod:`edgekd.qa.embedder` exports the MiniLM sentence embedder the dense side runs in ONNX.
+- :mod:`edgekd.qa.sgp`: the Selective Generative Paradigm (reconstructed) and the comparison modes
+  (closed-book, top1, oracle, sgp); :mod:`edgekd.qa.metrics`: SQuAD EM/F1, ROUGE-L, top-k/MRR.
+- :mod:`edgekd.qa.cli_eval`: ``edgekd qa index | evaluate | answer``.
 """
