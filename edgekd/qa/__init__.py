@@ -7,4 +7,8 @@ inference the Selective Generative Paradigm (SGP) lets the retriever and the gen
 paragraph to answer from.
 
 - :mod:`edgekd.qa.types` / :mod:`edgekd.qa.data`: triplets, paragraphs, PolicyQA (SQuAD format).
+- :mod:`edgekd.qa.students`: the generative student (QA prompt, block-influence pruning of the
+  teacher, SFT or token-level KD with a dev split, batched greedy answers).
+- :mod:`edgekd.qa.reader`: the extractive baseline (MiniLM + span head, doc-stride windows).
+- :mod:`edgekd.qa.cli_train`: ``edgekd qa train`` (``register_qa``).
 """
