@@ -197,6 +197,9 @@ def write_md(args, work: pathlib.Path, info: dict, pool_n: int) -> pathlib.Path:
             t = test[i]
             ex.append(f"- Q: {t.question} | gold: {t.answer!r} | " +
                       " | ".join(f"{k}: {rows[k]['preds'][i]!r}" for k in order))
+    todo = [r for r in ROWS if r not in rows]
+    missing = (f"\nNot measured yet (CPU time ran out; rerun the command, finished rows are cached): "
+               f"{', '.join(todo)}.\n") if todo else ""
     text = f"""# Legal QA students on PolicyQA (Ace-Attorney setting, issue 15)
 
 Machine: {machine_string(info)}. {versions_string(info)}. Shared CPU: the load average at the start and
@@ -226,6 +229,7 @@ tokens read per second.
 Rows:
 
 {chr(10).join(notes)}
+{missing}
 
 First test questions and answers:
 
