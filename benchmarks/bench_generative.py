@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--convert-script", help="llama.cpp's convert_hf_to_gguf.py (with gguf-py and conversion/ next to it)")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true", help="make the models, bundles and GGUF files, time nothing")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/generative_bundles.md"))
     args = ap.parse_args()
     work = pathlib.Path(args.work)
@@ -211,6 +212,12 @@ def main() -> None:
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes")
     models = prepare_models(work, args)
     manifests = compile_bundles(work, models, args)
+    if args.prepare_only:
+        if not args.no_llama_cpp:
+            for name, hf in models.items():
+                make_gguf(work, name, hf, args)
+        log("prepared")
+        return
     threads = [int(t) for t in args.threads.split(",") if t]
     rows = []
     for name, m in manifests.items():

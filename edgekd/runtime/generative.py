@@ -359,8 +359,10 @@ class GenerativeBundle:
         chooser = lambda m: select_generative_variant(m, precision)  # noqa: E731
         root, manifest, variant, tmp = open_bundle(path, chooser, trusted_keys=trusted_keys, limits=limits, verify=verify)
         try:
-            if engine == "genai" and tmp is not None:  # genai_config.json sits next to the model: extract it too
-                _extract_extra(path, manifest, [variant["genai_config"]], tmp.path)
+            if tmp is not None:  # a zip: open_bundle extracted the tokenizer and the model; add the small extras
+                extra = [manifest["generation"].get("chat_template")]
+                extra += [variant.get("genai_config")] if engine == "genai" else []
+                _extract_extra(path, manifest, [e for e in extra if e], tmp.path)
             return cls(root, manifest, variant, threads, engine, path, tmp)
         except BaseException:
             if tmp is not None:

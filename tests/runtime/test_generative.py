@@ -131,6 +131,7 @@ def test_zip_and_int4_load(lm_bundle):
     assert z.variant["precision"] == "int4"  # auto prefers int4
     g = z.generate(PROMPTS[0], max_new_tokens=6)
     assert g.prompt_tokens > 0 and 0 < len(g.token_ids) <= 6
+    assert z.generate([{"role": "user", "content": "Hi"}], max_new_tokens=3).prompt_tokens > 3  # template extracted
     assert z.size_bytes < GenerativeBundle.load(lm_bundle, precision="fp32").size_bytes
 
 
@@ -146,7 +147,7 @@ def test_corrupt_or_edited_bundle_refused(lm_bundle, tmp_path):
     edited = tmp_path / "edited"
     shutil.copytree(lm_bundle, edited)
     m = json.loads((edited / "manifest.json").read_text())
-    m["generation"]["context_length"] = 10 ** 6
+    m["generation"]["eos_token_ids"] = []  # schema-valid, but not what was signed off
     (edited / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="changed after"):
         GenerativeBundle.load(edited)
