@@ -204,6 +204,10 @@ def main() -> None:
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--prepare-only", action="store_true", help="make the models, bundles and GGUF files, time nothing")
+    ap.add_argument("--models", default="teacher,student", help="which of teacher, student to time")
+    ap.add_argument("--precisions", default="fp32,int8,int4", help="edgekd bundle variants to time")
+    ap.add_argument("--engines", default="ort,genai", help="edgekd engines to time (genai: int8/int4 and teacher fp32)")
+    ap.add_argument("--gguf", default="F32,Q8_0,Q4_0,Q4_1 (packaged)", help="llama.cpp files to time")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/generative_bundles.md"))
     args = ap.parse_args()
     work = pathlib.Path(args.work)
@@ -220,13 +224,16 @@ def main() -> None:
         return
     threads = [int(t) for t in args.threads.split(",") if t]
     rows = []
+    want_models = [x for x in args.models.split(",") if x]
     for name, m in manifests.items():
+        if not any(name.startswith(w) for w in want_models):
+            continue
         b = work / "bundles" / name
         q = {v["precision"]: v for v in m["variants"]}
         for t in threads:
-            for prec in ("fp32", "int8", "int4"):
+            for prec in [x for x in args.precisions.split(",") if x]:
                 engines = ("ort", "genai") if prec != "fp32" or name == "teacher" else ("ort",)
-                for eng in engines:
+                for eng in [e for e in engines if e in args.engines.split(",")]:
                     log(f"bench {name} {prec} {eng} threads={t}")
                     r = bench_bundle(b, prec, t, eng, args)
                     rows.append(dict(model=name, runtime=f"edgekd ({'onnxruntime' if eng == 'ort' else 'onnxruntime-genai'})",
@@ -247,7 +254,7 @@ def main() -> None:
                     from edgekd.assets import asset_path
 
                     ggufs["Q4_1 (packaged)"] = asset_path("smollm2")
-                for kind, path in ggufs.items():
+                for kind, path in [(k, v) for k, v in ggufs.items() if k in args.gguf.split(",")]:
                     log(f"bench {name} llama.cpp {kind} threads={t}")
                     r = bench_code(LLAMA_CODE, [str(path), str(t)], args)
                     rows.append(dict(model=name, runtime=f"llama.cpp {r['llama_cpp']}", weights=kind, threads=t,
