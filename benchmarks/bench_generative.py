@@ -261,14 +261,25 @@ def main() -> None:
                                      size=path.stat().st_size, ttft=r["ttft_ms"], prefill=r["prefill_tokens_per_s"],
                                      decode=r["decode_tokens_per_s"], rss=r["peak_rss_mb"], ppl=None, agree=None))
     load_end = os.getloadavg()
+    for r in rows:
+        r["load_at_end"] = [round(x, 2) for x in load_end]
+    # rows of earlier runs with other filters are kept (a row is replaced by a new one with its key)
+    old = json.loads((work / "rows.json").read_text()) if (work / "rows.json").is_file() else []
+    key = lambda r: (r["model"], r["runtime"], r["weights"], r["threads"])  # noqa: E731
+    new_keys = {key(r) for r in rows}
+    rows = [r for r in old if key(r) not in new_keys] + rows
+    order = {"teacher": 0}
+    rows.sort(key=lambda r: (order.get(r["model"], 1), r["threads"], r["weights"], r["runtime"]))
     (work / "rows.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | runtime | weights | threads | size MB | TTFT ms | prefill tok/s | decode tok/s | peak RSS MB "
-             "| held-out ppl | greedy agreement vs PyTorch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| held-out ppl | greedy agreement vs PyTorch | load avg after the run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ppl = f"{r['ppl']:.2f}" if r["ppl"] is not None else "-"
         agree = f"{r['agree']:.2f}" if r["agree"] is not None else "-"
         lines.append(f"| {r['model']} | {r['runtime']} | {r['weights']} | {r['threads']} | {mb(r['size'])} | "
-                     f"{r['ttft']:.1f} | {r['prefill']:.0f} | {r['decode']:.1f} | {r['rss']:.0f} | {ppl} | {agree} |")
+                     f"{r['ttft']:.1f} | {r['prefill']:.0f} | {r['decode']:.1f} | {r['rss']:.0f} | {ppl} | {agree} | "
+                     f"{'/'.join(str(x) for x in r.get('load_at_end', []))} |")
     cmd = "nice -n 19 python " + " ".join([pathlib.Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     info = (f"Machine: {platform.machine()} {os.cpu_count()}-core VM, {platform.platform()}; Python "
             f"{platform.python_version()}. Started {started}; load average (1/5/15 min) at start "
