@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--convert-script", help="llama.cpp's convert_hf_to_gguf.py (with gguf-py and conversion/ next to it)")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-edgekd", action="store_true", help="time only PyTorch / llama.cpp (no bundles needed)")
     ap.add_argument("--prepare-only", action="store_true", help="make the models, bundles and GGUF files, time nothing")
     ap.add_argument("--models", default="teacher,student", help="which of teacher, student to time")
     ap.add_argument("--precisions", default="fp32,int8,int4", help="edgekd bundle variants to time")
@@ -215,7 +216,7 @@ def main() -> None:
     load_start = os.getloadavg()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes")
     models = prepare_models(work, args)
-    manifests = compile_bundles(work, models, args)
+    manifests = {n: None for n in models} if args.no_edgekd else compile_bundles(work, models, args)
     if args.prepare_only:
         if not args.no_llama_cpp:
             for name, hf in models.items():
@@ -229,9 +230,9 @@ def main() -> None:
         if not any(name.startswith(w) for w in want_models):
             continue
         b = work / "bundles" / name
-        q = {v["precision"]: v for v in m["variants"]}
+        q = {v["precision"]: v for v in m["variants"]} if m else {}
         for t in threads:
-            for prec in [x for x in args.precisions.split(",") if x]:
+            for prec in [x for x in args.precisions.split(",") if x and not args.no_edgekd]:
                 engines = ("ort", "genai") if prec != "fp32" or name == "teacher" else ("ort",)
                 for eng in [e for e in engines if e in args.engines.split(",")]:
                     log(f"bench {name} {prec} {eng} threads={t}")
@@ -247,7 +248,8 @@ def main() -> None:
                 size = sum(p.stat().st_size for p in models[name].glob("*.safetensors"))
                 rows.append(dict(model=name, runtime="PyTorch (transformers generate)", weights="fp32", threads=t, size=size,
                                  ttft=r["ttft_ms"], prefill=r["prefill_tokens_per_s"], decode=r["decode_tokens_per_s"],
-                                 rss=r["peak_rss_mb"], ppl=q["fp32"]["quality"]["pytorch_fp32_perplexity"], agree=1.0))
+                                 rss=r["peak_rss_mb"], agree=1.0,
+                                 ppl=q["fp32"]["quality"]["pytorch_fp32_perplexity"] if "fp32" in q else None))
             if not args.no_llama_cpp:
                 ggufs = make_gguf(work, name, models[name], args)
                 if name == "teacher":
