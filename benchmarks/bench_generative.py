@@ -32,6 +32,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
+sys.path.insert(0, str(ROOT))  # this checkout's edgekd, not an installed one
 
 
 def log(msg: str) -> None:
@@ -46,7 +47,6 @@ def run(cmd: list[str], **kw) -> str:
 
 
 def texts(path: str, limit: int) -> list[str]:
-    sys.path.insert(0, str(ROOT))
     from edgekd.data.readers import read_texts
 
     return [t.replace("<br />", " ") for t in read_texts(path, limit, label_column=None)[0] if t.strip()]
