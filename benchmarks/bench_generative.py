@@ -157,8 +157,14 @@ print(json.dumps({"ttft_ms": ttft * 1e3, "prefill_tokens_per_s": len(ids) / ttft
 def bench_code(code: str, argv: list[str], args) -> dict:
     from edgekd.runtime.genbench import FILLER
 
-    out = run([PY, "-c", code, *argv, str(args.prompt_tokens), str(args.new_tokens), str(args.repeats), FILLER])
-    return json.loads(out.strip().splitlines()[-1])
+    cmd = [PY, "-X", "faulthandler", "-c", code, *argv, str(args.prompt_tokens), str(args.new_tokens),
+           str(args.repeats), FILLER]
+    for attempt in (1, 2):
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if r.returncode == 0:
+            return json.loads(r.stdout.strip().splitlines()[-1])
+        log(f"row failed (rc={r.returncode}, attempt {attempt}): {r.stderr.strip()[-600:]}")
+    return None
 
 
 def make_gguf(work: pathlib.Path, name: str, hf: pathlib.Path, args) -> dict[str, pathlib.Path]:
@@ -253,6 +259,8 @@ def main() -> None:
             if not args.no_torch:
                 log(f"bench {name} pytorch threads={t}")
                 r = bench_code(TORCH_CODE, [str(models[name]), str(t)], args)
+                if r is None:
+                    continue
                 size = sum(p.stat().st_size for p in models[name].glob("*.safetensors"))
                 rows.append(dict(model=name, runtime="PyTorch (transformers generate)", weights="fp32", threads=t, size=size,
                                  ttft=r["ttft_ms"], prefill=r["prefill_tokens_per_s"], decode=r["decode_tokens_per_s"],
@@ -267,6 +275,8 @@ def main() -> None:
                 for kind, path in [(k, v) for k, v in ggufs.items() if k in args.gguf.split(",")]:
                     log(f"bench {name} llama.cpp {kind} threads={t}")
                     r = bench_code(LLAMA_CODE, [str(path), str(t)], args)
+                    if r is None:
+                        continue
                     rows.append(dict(model=name, runtime=f"llama.cpp {r['llama_cpp']}", weights=kind, threads=t,
                                      size=path.stat().st_size, ttft=r["ttft_ms"], prefill=r["prefill_tokens_per_s"],
                                      decode=r["decode_tokens_per_s"], rss=r["peak_rss_mb"], ppl=None, agree=None))
