@@ -230,6 +230,7 @@ def main() -> None:
     load_start = os.getloadavg()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes")
     models = prepare_models(work, args)
+    models = {n: m for n, m in models.items() if any(n.startswith(w) for w in args.models.split(",") if w)}
     manifests = {n: None for n in models} if args.no_edgekd else compile_bundles(work, models, args)
     if args.prepare_only:
         if not args.no_llama_cpp:
