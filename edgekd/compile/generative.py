@@ -169,9 +169,8 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
         ctx = int(context_length or max_pos)
         if not 2 <= ctx <= max_pos:
             raise EdgekdValueError(f"context_length: expected 2..{max_pos} (the model's max_position_embeddings), got {ctx}")
-        tmp_out = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp_out, ignore_errors=True)
-        tmp_out.mkdir(parents=True)
+        out.parent.mkdir(parents=True, exist_ok=True)  # a private staging folder: concurrent compiles never clash
+        tmp_out = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         variants: list[dict[str, Any]] = []
         for prec in precisions:
             built = run_builder(hf_dir, work / prec, prec, work / "cache", block_size=block_size,
