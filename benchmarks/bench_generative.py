@@ -160,7 +160,11 @@ def bench_code(code: str, argv: list[str], args) -> dict:
     cmd = [PY, "-X", "faulthandler", "-c", code, *argv, str(args.prompt_tokens), str(args.new_tokens),
            str(args.repeats), FILLER]
     for attempt in (1, 2):
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=args.row_timeout)
+        except subprocess.TimeoutExpired:
+            log(f"row timed out after {args.row_timeout} s (attempt {attempt})")
+            continue
         if r.returncode == 0:
             return json.loads(r.stdout.strip().splitlines()[-1])
         log(f"row failed (rc={r.returncode}, attempt {attempt}): {r.stderr.strip()[-600:]}")
@@ -217,6 +221,7 @@ def main() -> None:
     ap.add_argument("--convert-script", help="llama.cpp's convert_hf_to_gguf.py (with gguf-py and conversion/ next to it)")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--row-timeout", type=float, default=600, help="seconds before a PyTorch / llama.cpp row is given up")
     ap.add_argument("--no-edgekd", action="store_true", help="time only PyTorch / llama.cpp (no bundles needed)")
     ap.add_argument("--prepare-only", action="store_true", help="make the models, bundles and GGUF files, time nothing")
     ap.add_argument("--models", default="teacher,student", help="which of teacher, student to time")
