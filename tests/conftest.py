@@ -112,3 +112,21 @@ def teacher_bundle(tmp_path_factory) -> pathlib.Path:
     src = make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "teacher")
     return compile_teacher(src, tmp_path_factory.mktemp("bundles") / "teacher", eval_texts=TEXTS, eval_labels=LABELS,
                            max_length=24, arm64_check=False, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> pathlib.Path:
+    """A random 2-layer Llama causal LM with a byte-level BPE tokenizer and a chat template."""
+    from factories import save_tiny_causal_lm
+
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "tiny_lm")
+
+
+@pytest.fixture(scope="session")
+def lm_bundle(tmp_path_factory, tiny_lm_dir) -> pathlib.Path:
+    """``tiny_lm_dir`` compiled into a generative bundle (fp32 + int4, block 32; directory + zip)."""
+    from factories import LM_CORPUS
+    from edgekd.compile.generative import compile_causal_lm
+
+    return compile_causal_lm(tiny_lm_dir, tmp_path_factory.mktemp("bundles") / "lm", eval_texts=LM_CORPUS[:3],
+                             precisions=("fp32", "int4"), block_size=32, parity_tokens=12)

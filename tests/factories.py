@@ -424,3 +424,38 @@ def save_bow_embedder(path, texts: Sequence[str], *, dim: int = 16, seed: int = 
                                                  "pooling": "mean", "normalize": True,
                                                  "output": "last_hidden_state", "pad_id": 0}))
     return d, table
+
+
+LM_CORPUS = ["The quick brown fox jumps over the lazy dog.", "Stocks rose on Monday after the central bank held rates.",
+             "Once upon a time, in a small village, there lived a baker.", "def add(a, b):\n    return a + b",
+             "Prices of oil fell for a third week; analysts expect more cuts.", "Café au lait, naïve, déjà vu: ünïcödé."]
+LM_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, max_positions: int = 64) -> pathlib.Path:
+    """A random tiny Llama causal LM with a byte-level BPE tokenizer (trained on :data:`LM_CORPUS`,
+    special tokens <|endoftext|> = 0 = eos = pad, <|im_start|>, <|im_end|>) and a chat template,
+    saved as a Hugging Face directory (what ``edgekd compile-lm`` reads)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(LM_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>")
+    fast.chat_template = LM_CHAT_TEMPLATE
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_positions,
+                      tie_word_embeddings=True, initializer_range=0.2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    out = pathlib.Path(out)
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out

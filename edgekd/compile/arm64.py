@@ -21,7 +21,7 @@ from edgekd.runtime.cpu import cpu_features, has_int8_dot_product
 from edgekd.runtime.emulation import EmulationError, arm64_available, run_probe_arm64
 from edgekd.runtime.model import Bundle
 
-__all__ = ["arm64_available", "check_arm64_bundle"]
+__all__ = ["arm64_available", "check_arm64_bundle", "check_arm64_generative"]
 
 
 def check_arm64_bundle(bundle_dir: str | pathlib.Path, texts: Sequence[str], labels: Sequence[int] | None = None,
@@ -99,3 +99,54 @@ def check_arm64_bundle(bundle_dir: str | pathlib.Path, texts: Sequence[str], lab
     if record and results:
         write_manifest(bundle_dir, manifest)
     return results
+
+
+_GENERATE_PROBE = r"""
+import json, sys
+from edgekd.runtime.generative import GenerativeBundle
+bundle, precision, n, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+lm = GenerativeBundle.load(bundle, precision=precision, threads=1)
+for p in prompts:
+    print(json.dumps({"prompt": p, "tokens": lm.generate(p, max_new_tokens=n).token_ids}))
+"""
+
+
+def check_arm64_generative(bundle_dir: str | pathlib.Path, prompts: Sequence[str], precision: str = "fp32",
+                           max_new_tokens: int = 8, record: bool = False, timeout: float = 3600) -> dict[str, Any]:
+    """Greedy generation with a generative bundle on the emulated ARM64 CPU (plain onnxruntime and
+    edgekd's KV loop: the ``ort`` engine) against this machine; returns per prompt whether the tokens
+    are identical. With ``record=True`` the result goes into the variant's ``parity.emulated_arm64``."""
+    import os
+    import subprocess
+
+    from edgekd.runtime.bundle import MANIFEST, write_manifest
+    from edgekd.runtime.emulation import _env, ensure_arm64
+    from edgekd.runtime.generative import GenerativeBundle
+
+    bundle_dir = pathlib.Path(bundle_dir).resolve()
+    d = ensure_arm64()
+    cmd = [str(d / "python"), "-c", _GENERATE_PROBE, str(bundle_dir), precision, str(max_new_tokens),
+           json.dumps(list(prompts))]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=os.getcwd())
+    except subprocess.TimeoutExpired as exc:
+        raise EmulationError(f"arm64 generate probe: no answer within {timeout:.0f} s") from exc
+    if r.returncode != 0:
+        raise EmulationError(f"arm64 generate probe failed (rc={r.returncode}): {r.stderr[-3000:]}")
+    arm = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    host = GenerativeBundle.load(bundle_dir, precision=precision, threads=1)
+    rows = []
+    for a in arm:
+        want = host.generate(a["prompt"], max_new_tokens=max_new_tokens).token_ids
+        rows.append({"prompt": a["prompt"], "identical": a["tokens"] == want, "arm64_tokens": a["tokens"],
+                     "x86_64_tokens": want})
+    res = {"precision": precision, "engine": "ort (plain onnxruntime)", "emulator": "qemu-user (shared/tools/arm64)",
+           "cpu": (d / "cpu").read_text().strip() if (d / "cpu").is_file() else None, "max_new_tokens": max_new_tokens,
+           "prompts": len(rows), "identical": bool(rows) and all(x["identical"] for x in rows), "rows": rows}
+    if record:
+        manifest = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
+        for v in manifest["variants"]:
+            if v["precision"] == precision:
+                v.setdefault("parity", {})["emulated_arm64"] = {k: res[k] for k in res if k != "rows"}
+        write_manifest(bundle_dir, manifest)
+    return res

@@ -38,6 +38,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     cliflags.add_old_spellings(p)
     p.set_defaults(func=_compile)
 
+    lm = sub.add_parser("compile-lm", help="compile a causal LM (HF directory or .gguf) into a generative bundle "
+                                           "with a KV cache (fp32 / int8 / int4 variants)",
+                        usage="edgekd compile-lm SOURCE --out DIR --eval-data FILE [options]")
+    lm.add_argument("source", help="Hugging Face model directory (e.g. from `edgekd llm prune`) or a .gguf file")
+    cliflags.add_flags(lm, "--out", "--text-column", out=dict(required=True, help="bundle directory (the .zip goes next to it)"),
+                       text_column=dict(default="text"))
+    lm.add_argument("--eval-data", dest="eval_data", required=True,
+                    help="held-out texts (txt/CSV/JSONL/Parquet) for the perplexity of every variant")
+    lm.add_argument("--eval-limit", dest="eval_limit", type=int, default=64, help="first N held-out texts (default 64)")
+    lm.add_argument("--max-eval-tokens", dest="max_eval_tokens", type=int, default=256, help="tokens scored per text")
+    lm.add_argument("--precisions", default="fp32,int8,int4")
+    lm.add_argument("--block-size", dest="block_size", type=int, default=32, help="weights per scale of int8/int4 (16..256)")
+    lm.add_argument("--accuracy-level", dest="accuracy_level", type=int, choices=[1, 2, 3, 4],
+                    help="MatMulNBits activation type: 1 fp32 ... 4 int8 (builder default on CPU: 4)")
+    lm.add_argument("--context-length", dest="context_length", type=int,
+                    help="hard cap on prompt + generated tokens (default: the model's max_position_embeddings)")
+    lm.add_argument("--retrieval", dest="retrieval_dir", help="folder copied into the bundle as retrieval/")
+    lm.add_argument("--name")
+    lm.add_argument("--no-zip", action="store_true")
+    lm.add_argument("--overwrite", action="store_true")
+    lm.set_defaults(func=_compile_lm)
+
 
 def _positionals(args: argparse.Namespace) -> tuple[str, str, str]:
     """(kind, source, out) from ``[KIND] SOURCE [OUT]`` and ``--out``."""
@@ -73,5 +95,20 @@ def _compile(args: argparse.Namespace) -> int:
                         name=args.name, arm64_check=not args.no_arm64_check and "auto",
                         make_zip=not args.no_zip, overwrite=args.overwrite, int8_scheme=args.int8_scheme,
                         calibration_texts=calib, ort_format=args.ort)
+    print(out)
+    return 0
+
+
+def _compile_lm(args: argparse.Namespace) -> int:
+    from edgekd.compile.generative import compile_causal_lm
+    from edgekd.data.readers import read_texts
+
+    texts = [t for t in read_texts(args.eval_data, args.eval_limit, text_column=args.text_column,
+                                   label_column=None)[0] if t.strip()]
+    out = compile_causal_lm(args.source, args.out, eval_texts=texts,
+                            precisions=tuple(p for p in args.precisions.split(",") if p), block_size=args.block_size,
+                            accuracy_level=args.accuracy_level, context_length=args.context_length,
+                            max_eval_tokens=args.max_eval_tokens, name=args.name, retrieval_dir=args.retrieval_dir,
+                            make_zip=not args.no_zip, overwrite=args.overwrite)
     print(out)
     return 0

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmark a bundle on this machine (latency, throughput, RSS, size)")
     b.add_argument("bundle", help="bundle directory or .zip")
     b.add_argument("--target", default="auto", help="auto (this machine), x86_64, or arm64 (emulated instruction counts)")
-    b.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"])
+    b.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32", "int4"],
+                   help="int4: generative bundles only")
     b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: ORT's)")
     b.add_argument("--batches", type=_ints, default=[1, 8, 32])
     b.add_argument("--data", help="CSV (text[,label]) / JSONL / text file; default: synthetic texts from the vocabulary")
@@ -59,7 +60,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", dest="json_out", help="write the result as JSON here")
     b.add_argument("--markdown", dest="md_out", help="write a markdown summary here")
     b.add_argument("--record", action="store_true", help="store the profile in the bundle's manifest")
+    b.add_argument("--prompt-tokens", dest="prompt_tokens", type=int, default=64, help="generative bundles: prompt length")
+    b.add_argument("--new-tokens", dest="new_tokens", type=int, default=64, help="generative bundles: tokens generated")
+    b.add_argument("--repeats", type=int, default=3, help="generative bundles: timed generations (median)")
+    b.add_argument("--engine", default="ort", choices=["ort", "genai"], help="generative bundles: decoding engine")
     b.set_defaults(func=_bench)
+
+    g = sub.add_parser("generate", help="complete a prompt with a generative bundle (torch-free runtime)")
+    g.add_argument("bundle", help="generative bundle directory or .zip (edgekd compile-lm)")
+    g.add_argument("prompt", nargs="+", help="prompt text; several: one batch, one JSON line each")
+    g.add_argument("--chat", action="store_true", help="send each prompt as a user message through the chat template")
+    g.add_argument("--system", help="with --chat: a system message first")
+    g.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    g.add_argument("--top-p", dest="top_p", type=float, default=1.0)
+    g.add_argument("--top-k", dest="top_k", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--truncate", action="store_true", help="cut a too-long prompt to its last tokens instead of failing")
+    g.add_argument("--precision", default="auto", choices=["auto", "int4", "int8", "fp32"])
+    g.add_argument("--engine", default="ort", choices=["ort", "genai"],
+                   help="ort (default): plain onnxruntime + edgekd's KV loop; genai: onnxruntime-genai")
+    g.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="PUB")
+    g.add_argument("--json", dest="json_lines", action="store_true", help="print JSON lines (text, tokens, timings)")
+    from edgekd import cliflags
+
+    cliflags.add_flags(g, "--seed", "--threads", seed=dict(default=None, help="sampling seed"),
+                       threads=dict(default=None, help="onnxruntime intra-op threads"))
+    g.set_defaults(func=_generate)
 
     c = sub.add_parser("compare", help="DiXtill-style comparison table of several bundles against a baseline")
     c.add_argument("entries", nargs="+", help="BUNDLE[@precision[@target]] or a bench .json result")
@@ -151,6 +179,18 @@ def _write(args: argparse.Namespace, obj: Any, md: str) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from edgekd.runtime.bench import bench, bench_markdown, record_profile
+    from edgekd.runtime.bundle import peek_manifest
+    from edgekd.runtime.manifest import GENERATIVE_TASK
+
+    if peek_manifest(args.bundle).get("task") == GENERATIVE_TASK:
+        from edgekd.runtime.genbench import bench_generative, generative_markdown
+
+        if args.target != "auto":
+            raise EdgekdValueError("bench: --target is for classifier bundles; a generative bundle is timed on this machine")
+        r = bench_generative(args.bundle, precision=args.precision, threads=args.threads, engine=args.engine,
+                             prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats)
+        _write(args, r, generative_markdown(r))
+        return 0
 
     texts, labels = _data(args, [args.bundle])
     r = bench(args.bundle, target=args.target, precision=args.precision, batches=args.batches, threads=args.threads,
@@ -200,4 +240,37 @@ def _compare(args: argparse.Namespace) -> int:
         results.append(bench_subprocess(path, target=tgt, precision=prec, threads=args.threads, texts=texts,
                                         labels=labels, min_time=args.min_time))
     _write(args, {"baseline": baseline, "results": results}, compare_markdown(results, baseline))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from edgekd.runtime.generative import GenerativeBundle
+    from edgekd.runtime.preprocess import validate_texts
+
+    prompts = validate_texts(args.prompt)
+    if args.chat:
+        head = [{"role": "system", "content": args.system}] if args.system else []
+        prompts = [head + [{"role": "user", "content": p}] for p in prompts]
+    elif args.system:
+        raise EdgekdValueError("generate: --system needs --chat")
+    lm = GenerativeBundle.load(args.bundle, precision=args.precision, threads=args.threads, engine=args.engine,
+                               trusted_keys=args.trusted_keys)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+              seed=args.seed, stop=args.stop, truncate=args.truncate)
+    if args.stream:
+        if len(prompts) != 1:
+            raise EdgekdValueError("generate: --stream takes one prompt")
+        for piece in lm.stream(prompts[0], **kw):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    gens = lm.generate(prompts, **kw)
+    for p, g in zip(args.prompt, gens):
+        if args.json_lines:
+            print(json.dumps({"prompt": p, "text": g.text, "tokens": len(g.token_ids), "prompt_tokens": g.prompt_tokens,
+                              "finish_reason": g.finish_reason, "ttft_ms": round(g.ttft_s * 1e3, 2),
+                              "decode_tokens_per_s": round(g.decode_tokens_per_s, 2)}, ensure_ascii=False))
+        else:
+            print(g.text)
     return 0

@@ -30,6 +30,8 @@ DIGEST_FILE = "manifest.sha256"
 SIGNATURE_FILE = "manifest.sig"
 META_FILES = (MANIFEST, DIGEST_FILE, SIGNATURE_FILE)  # files about the manifest, not listed in it
 
+GENERATIVE_TASK = "text-generation"  # causal-LM bundles (edgekd.runtime.generative); no label_names
+GENERATIVE_IO = ("gqa",)  # decoder graph conventions the runtime's KV loop knows (see generative.py)
 MAX_INT_ID = 2**31 - 1  # token ids and lengths are int32-safe
 MAX_LENGTH = 1 << 20
 MAX_FILE_SIZE = 1 << 53
@@ -155,11 +157,13 @@ def validate_manifest(m: Any) -> None:
     for key in ("name", "task", "model_kind"):
         if key in m and m[key] is not None:
             _str(m[key], key)
-    labels = _list(_required(m, "label_names", ""), "label_names", 1, 100_000)
-    for k, name in enumerate(labels):
-        _str(name, f"label_names[{k}]", 256)
-    if len(set(labels)) != len(labels):
-        raise BundleError(f"manifest: label_names has duplicates: {labels}")
+    generative = m.get("task") == GENERATIVE_TASK
+    if not generative or "label_names" in m:
+        labels = _list(_required(m, "label_names", ""), "label_names", 1, 100_000)
+        for k, name in enumerate(labels):
+            _str(name, f"label_names[{k}]", 256)
+        if len(set(labels)) != len(labels):
+            raise BundleError(f"manifest: label_names has duplicates: {labels}")
     if "outputs" in m:
         for k, o in enumerate(_list(m["outputs"], "outputs", 1, 64)):
             _str(o, f"outputs[{k}]", 256)
@@ -211,7 +215,45 @@ def validate_manifest(m: Any) -> None:
             o = _str(_required(_dict(v["ort"], where + ".ort"), "file", where + ".ort."), where + ".ort.file")
             if check_relpath(o, f"variant {vid!r} ort file") not in files:
                 raise BundleError(f"bundle: ORT model file {o!r} of variant {vid!r} is missing (not in files)")
+    if generative:
+        _validate_generation(m, files)
     for key in ("opset", "fp32_tolerance"):
         if key in m and (isinstance(m[key], bool) or not isinstance(m[key], (int, float))
                          or not math.isfinite(m[key])):
             raise BundleError(f"manifest: {key} must be a number, got {m[key]!r:.60}")
+
+
+def _validate_generation(m: dict[str, Any], files: dict[str, Any]) -> None:
+    """The ``generation`` table of a causal-LM bundle (``task == "text-generation"``)."""
+    g = _dict(_required(m, "generation", ""), "generation")
+    ctx = _int(_required(g, "context_length", "generation."), "generation.context_length", 2, MAX_LENGTH)
+    pre_max = m["preprocessing"]["max_length"]
+    if pre_max != ctx:
+        raise BundleError(f"manifest: preprocessing.max_length ({pre_max}) must equal generation.context_length ({ctx})")
+    for key in ("num_layers", "num_kv_heads", "head_dim"):
+        _int(_required(g, key, "generation."), f"generation.{key}", 1, 1 << 16)
+    vocab = _int(_required(g, "vocab_size", "generation."), "generation.vocab_size", 2, MAX_INT_ID)
+    eos = _list(_required(g, "eos_token_ids", "generation."), "generation.eos_token_ids", 0, 64)
+    for k, e in enumerate(eos):
+        _int(e, f"generation.eos_token_ids[{k}]", 0, vocab - 1)
+    _int(_required(g, "pad_token_id", "generation."), "generation.pad_token_id", 0, vocab - 1)
+    if g.get("bos_token_id") is not None:
+        _int(g["bos_token_id"], "generation.bos_token_id", 0, vocab - 1)
+    io = _str(_required(g, "io", "generation."), "generation.io", 64)
+    if io not in GENERATIVE_IO:
+        raise BundleError(f"manifest: generation.io {io!r} is not one this edgekd knows ({list(GENERATIVE_IO)})")
+    for key in ("chat_template", "tokenizer_config"):
+        if g.get(key) is not None:
+            rel = _str(g[key], f"generation.{key}")
+            if check_relpath(rel, f"generation.{key}") not in files:
+                raise BundleError(f"bundle: generation.{key} file {rel!r} is missing (not in files)")
+    if m.get("retrieval") is not None:  # hook for edgekd.runtime.retrieval: a folder of listed files
+        r = _dict(m["retrieval"], "retrieval")
+        folder = check_relpath(_str(_required(r, "dir", "retrieval."), "retrieval.dir"), "retrieval.dir")
+        if not any(rel.startswith(folder + "/") for rel in files):
+            raise BundleError(f"bundle: retrieval.dir {folder!r} holds no file listed in the manifest")
+    for k, v in enumerate(m["variants"]):
+        if v.get("genai_config") is not None:
+            rel = _str(v["genai_config"], f"variants[{k}].genai_config")
+            if check_relpath(rel, f"variants[{k}].genai_config") not in files:
+                raise BundleError(f"bundle: genai_config {rel!r} of variant {v['id']!r} is missing (not in files)")

@@ -12,6 +12,7 @@ from edgekd.errors import BundleError, EdgekdValueError
 from edgekd.runtime.archive import BundleLimits
 from edgekd.runtime.bundle import open_bundle
 from edgekd.runtime.cpu import cpu_features, has_int8_dot_product, host_target, normalize_target
+from edgekd.runtime.manifest import GENERATIVE_TASK
 from edgekd.runtime.preprocess import Preprocessor, softmax, word_explanations
 
 PRECISIONS = ("int8", "fp32")
@@ -43,6 +44,9 @@ def select_variant(manifest: dict[str, Any], target: str = "auto", precision: st
     """Pick the variant of ``manifest`` for ``target`` (``"auto"``: this machine) and
     ``precision`` (``"auto"`` prefers int8, then fp32). Among int8 variants, the ones whose
     ``requires`` CPU features are all present win, most specific first."""
+    if manifest.get("task") == GENERATIVE_TASK:
+        raise BundleError("bundle: this is a generative (text-generation) bundle; load it with "
+                          "edgekd.runtime.GenerativeBundle or run `edgekd generate BUNDLE PROMPT`")
     variants = manifest["variants"]
     have = sorted({v["target"] for v in variants})
     if target == "auto":

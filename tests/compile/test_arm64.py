@@ -44,3 +44,14 @@ def test_arm64_check_takes_a_relative_bundle_path(student_bundle, monkeypatch):
     monkeypatch.chdir(student_bundle.parent)
     res = check_arm64_bundle(student_bundle.name, TEXTS[:2])
     assert set(res) == {"arm64-fp32", "arm64-int8"}
+
+
+def test_arm64_generative_fp32_greedy_identical(lm_bundle):
+    """A generative bundle's fp32 greedy tokens on the emulated ARM64 CPU (plain onnxruntime + the
+    runtime's KV loop) are those of this x86-64 machine."""
+    from edgekd.compile.arm64 import check_arm64_generative
+
+    res = check_arm64_generative(lm_bundle, ["The quick brown fox", "Stocks rose on"], precision="fp32",
+                                 max_new_tokens=8)
+    assert res["prompts"] == 2 and res["identical"], res["rows"]
+    assert all(len(r["x86_64_tokens"]) > 0 for r in res["rows"])

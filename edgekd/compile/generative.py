@@ -1,0 +1,300 @@
+"""``compile_causal_lm``: a causal LM (Hugging Face directory or GGUF file: a teacher, or a student
+from :mod:`edgekd.llm`) -> a verified generative bundle (directory + zip) with fp32 / int8 / int4
+variants, each with a KV cache, its held-out perplexity and its parity with PyTorch in the manifest.
+
+Exporter: onnxruntime-genai's model builder (``python -m onnxruntime_genai.models.builder``, run
+in a subprocess). Why it and not ``optimum`` or ``torch.onnx.export(dynamo=True)``: measured on
+SmolLM2-135M (benchmarks/results/generative_bundles.md) it exports in seconds, writes fused
+decoder graphs (GroupQueryAttention with rotary embedding, SkipSimplifiedLayerNormalization,
+MatMulNBits int4/int8 weight-only blocks, a quantized embedding shared with the LM head) that
+decode several times faster than an unfused graph, and its graphs use only operators of the
+standard onnxruntime CPU build, so the device needs plain ``onnxruntime`` (any platform it has a
+wheel for, ARM64 included) and no torch. ``optimum`` is not installed here (and its exports keep
+unfused attention); ``torch.onnx.export`` is the fallback a user can take for an architecture
+the builder does not know (not wired into bundles: the runtime's ``io`` convention is ``gqa``).
+
+Quality records per variant (``variants[k].quality``): perplexity on ``eval_texts`` (each text
+cut to ``max_eval_tokens``) computed with the bundle's own runtime, the PyTorch model's
+perplexity on the same token ids, and the delta to fp32; ``parity``: max |logit difference| to
+PyTorch on the same texts and greedy-token agreement on ``parity_prompts`` (fp32 must be
+token-identical, else :class:`~edgekd.compile.pipeline.ParityError`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekd.errors import EdgekdValueError
+
+LM_PRECISIONS = ("fp32", "int8", "int4")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+DEFAULT_PARITY_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,")
+
+
+def _builder_version() -> str:
+    try:
+        import onnxruntime_genai as og
+
+        return og.__version__
+    except ImportError as exc:
+        raise EdgekdValueError("compile-lm: needs onnxruntime-genai's model builder "
+                               "(pip install 'edgekd[export]' or pip install onnxruntime-genai)") from exc
+
+
+def resolve_hf_dir(source: str | os.PathLike, workdir: pathlib.Path) -> pathlib.Path:
+    """A Hugging Face model directory for ``source``: itself, or a GGUF file dequantised to fp32
+    into ``workdir/hf`` (:func:`edgekd.llm.models.load_causal_lm`)."""
+    p = pathlib.Path(source).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise EdgekdValueError(f"compile-lm: {p} has no config.json (not a Hugging Face model directory)")
+        return p
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        from edgekd.llm.models import load_causal_lm, save_causal_lm
+
+        model, tok = load_causal_lm(p)
+        return save_causal_lm(model, workdir / "hf", tok)
+    raise EdgekdValueError(f"compile-lm: {source} is neither a model directory nor a .gguf file")
+
+
+def run_builder(hf_dir: pathlib.Path, out: pathlib.Path, precision: str, cache: pathlib.Path, *,
+                block_size: int = 32, accuracy_level: int | None = None) -> pathlib.Path:
+    """Run onnxruntime-genai's model builder for one precision on CPU; returns ``out``."""
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
+           "-p", precision, "-e", "cpu", "-c", str(cache)]
+    extra = ["hf_token=false"]
+    if precision in ("int4", "int8"):
+        extra.append(f"block_size={block_size}")
+        if accuracy_level is not None:
+            extra.append(f"accuracy_level={accuracy_level}")
+    cmd += ["--extra_options", *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0 or not (out / "model.onnx").is_file():
+        tail = (r.stdout + r.stderr).strip().splitlines()[-8:]
+        raise EdgekdValueError(f"compile-lm: onnxruntime-genai's builder failed for {precision} (exit "
+                               f"{r.returncode}): {' | '.join(tail)[-1500:]}")
+    return out
+
+
+def _torch_reference(hf_dir: pathlib.Path):
+    from edgekd.llm.models import load_causal_lm
+
+    model, _ = load_causal_lm(hf_dir, tokenizer=False)
+    return model
+
+
+def _torch_logits(model, ids: Sequence[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].double().numpy()
+
+
+def _torch_greedy(model, ids: Sequence[int], n: int, eos: set[int]) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(ids)]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=model.config.pad_token_id or 0)
+    toks = out[0, len(ids):].tolist()
+    for k, t in enumerate(toks):
+        if t in eos:
+            return toks[:k]
+    return toks
+
+
+def _nll(logits: np.ndarray, ids: Sequence[int]) -> float:
+    lg = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
+    lp = lg - np.log(np.exp(lg).sum(axis=-1, keepdims=True))
+    return -float(lp[np.arange(len(ids) - 1), list(ids[1:])].sum())
+
+
+def _eos_ids(cfg: dict[str, Any], gen_cfg: dict[str, Any]) -> list[int]:
+    eos = gen_cfg.get("eos_token_id", cfg.get("eos_token_id"))
+    eos = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    return sorted({int(e) for e in eos})
+
+
+def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval_texts: Sequence[str],
+                      precisions: Sequence[str] = LM_PRECISIONS, block_size: int = 32,
+                      accuracy_level: int | None = None, context_length: int | None = None,
+                      parity_prompts: Sequence[str] = DEFAULT_PARITY_PROMPTS, parity_tokens: int = 16,
+                      max_eval_tokens: int = 256, name: str | None = None, retrieval_dir: str | os.PathLike | None = None,
+                      make_zip: bool = True, overwrite: bool = False, check_parity: bool = True) -> pathlib.Path:
+    """Export ``source`` into a generative bundle at ``out`` (see the module doc); returns ``out``.
+
+    ``precisions``: any of fp32, int8, int4 (MatMulNBits weight-only, ``block_size`` weights per
+    scale; ``accuracy_level`` 1..4 = the activations' type inside MatMulNBits, builder default 4 =
+    int8 on CPU). ``context_length``: the hard cap the runtime enforces (default: the config's
+    ``max_position_embeddings``). ``retrieval_dir``: a folder copied to ``retrieval/`` and listed in
+    the manifest (read by :mod:`edgekd.runtime.retrieval`)."""
+    from edgekd.compile.pipeline import ParityError
+    from edgekd.runtime.bundle import write_manifest, write_zip
+    from edgekd.runtime.generative import GenerativeBundle
+    from edgekd.runtime.manifest import GENERATIVE_TASK, SCHEMA_VERSION, BUNDLE_FORMAT
+
+    version = _builder_version()
+    precisions = list(dict.fromkeys(precisions))
+    bad = [p for p in precisions if p not in LM_PRECISIONS]
+    if not precisions or bad:
+        raise EdgekdValueError(f"precisions: expected some of {list(LM_PRECISIONS)}, got {list(precisions)}")
+    if block_size not in BLOCK_SIZES:
+        raise EdgekdValueError(f"block_size: expected one of {list(BLOCK_SIZES)}, got {block_size!r}")
+    if accuracy_level is not None and accuracy_level not in (1, 2, 3, 4):
+        raise EdgekdValueError(f"accuracy_level: expected 1, 2, 3 or 4, got {accuracy_level!r}")
+    if isinstance(eval_texts, str) or not eval_texts or not all(isinstance(t, str) and t.strip() for t in eval_texts):
+        raise EdgekdValueError("eval_texts: a non-empty list of non-blank held-out texts is required (perplexity)")
+    out = pathlib.Path(out)
+    if out.exists():
+        if not overwrite:
+            raise EdgekdValueError(f"compile-lm: {out} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="edgekd-lm-"))
+    try:
+        hf_dir = resolve_hf_dir(source, work)
+        cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+        gen_path = hf_dir / "generation_config.json"
+        gen_cfg = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        max_pos = int(cfg.get("max_position_embeddings") or 2048)
+        ctx = int(context_length or max_pos)
+        if not 2 <= ctx <= max_pos:
+            raise EdgekdValueError(f"context_length: expected 2..{max_pos} (the model's max_position_embeddings), got {ctx}")
+        out.parent.mkdir(parents=True, exist_ok=True)  # a private staging folder: concurrent compiles never clash
+        tmp_out = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        variants: list[dict[str, Any]] = []
+        for prec in precisions:
+            built = run_builder(hf_dir, work / prec, prec, work / "cache", block_size=block_size,
+                                accuracy_level=accuracy_level)
+            vdir = tmp_out / "variants" / prec
+            vdir.mkdir(parents=True)
+            for f in ("model.onnx", "model.onnx.data"):
+                if (built / f).is_file():
+                    shutil.move(str(built / f), vdir / f)
+            gcfg = json.loads((built / "genai_config.json").read_text(encoding="utf-8"))
+            gcfg["model"]["context_length"] = ctx
+            gcfg["search"]["max_length"] = ctx
+            (vdir / "genai_config.json").write_text(json.dumps(gcfg, indent=2) + "\n", encoding="utf-8")
+            v: dict[str, Any] = {"id": prec, "target": "any", "precision": prec, "file": f"variants/{prec}/model.onnx",
+                                 "genai_config": f"variants/{prec}/genai_config.json"}
+            if prec != "fp32":
+                v["weights"] = {"scheme": "MatMulNBits weight-only, symmetric", "bits": 4 if prec == "int4" else 8,
+                                "block_size": block_size, "accuracy_level": accuracy_level or 4}
+            variants.append(v)
+            first = built
+        shutil.copy(first / "tokenizer.json", tmp_out / "tokenizer.json")
+        for f in ("chat_template.jinja",):
+            if (first / f).is_file():
+                shutil.copy(first / f, tmp_out / f)
+        template = None
+        if (tmp_out / "chat_template.jinja").is_file():
+            template = "chat_template.jinja"
+        else:
+            tc = first / "tokenizer_config.json"
+            t = json.loads(tc.read_text(encoding="utf-8")).get("chat_template") if tc.is_file() else None
+            if isinstance(t, str) and t:
+                (tmp_out / "chat_template.jinja").write_text(t, encoding="utf-8")
+                template = "chat_template.jinja"
+        if retrieval_dir is not None:
+            shutil.copytree(retrieval_dir, tmp_out / "retrieval")
+        gc = gcfg["model"]
+        dec = gc["decoder"]
+        eos = _eos_ids(cfg, gen_cfg) or [int(gc["eos_token_id"])]
+        pad = gc.get("pad_token_id")
+        pad = int(pad[0] if isinstance(pad, list) else pad) if pad is not None else eos[0]
+        bos = gen_cfg.get("bos_token_id", cfg.get("bos_token_id"))
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT, "schema_version": SCHEMA_VERSION, "name": name or hf_dir.name,
+            "task": GENERATIVE_TASK, "model_kind": "causal_lm",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "exporter": f"onnxruntime-genai model builder {version}",
+            "source_model": {"model_type": cfg.get("model_type"), "architectures": cfg.get("architectures"),
+                             "num_hidden_layers": cfg.get("num_hidden_layers"), "hidden_size": cfg.get("hidden_size")},
+            "preprocessing": {"tokenizer": "tokenizer.json", "max_length": ctx, "pad_id": pad},
+            "generation": {"context_length": ctx, "num_layers": int(dec["num_hidden_layers"]),
+                           "num_kv_heads": int(dec["num_key_value_heads"]), "head_dim": int(dec["head_size"]),
+                           "vocab_size": int(gc["vocab_size"]), "eos_token_ids": eos, "pad_token_id": pad,
+                           "bos_token_id": int(bos) if bos is not None else None, "io": "gqa",
+                           "chat_template": template},
+            "variants": variants,
+        }
+        if retrieval_dir is not None:
+            manifest["retrieval"] = {"dir": "retrieval"}
+        write_manifest(tmp_out, manifest)
+        _measure(tmp_out, manifest, hf_dir, list(eval_texts), list(parity_prompts), parity_tokens, max_eval_tokens,
+                 check_parity, GenerativeBundle, ParityError)
+        write_manifest(tmp_out, manifest)
+        os.replace(tmp_out, out)
+        if make_zip:
+            write_zip(out, out.with_suffix(".zip"))
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if "tmp_out" in locals() and tmp_out.exists():
+            shutil.rmtree(tmp_out, ignore_errors=True)
+
+
+def _measure(bundle_dir: pathlib.Path, manifest: dict[str, Any], hf_dir: pathlib.Path, texts: list[str],
+             prompts: list[str], n_tokens: int, max_eval_tokens: int, check_parity: bool, GenerativeBundle,
+             ParityError) -> None:
+    """Fill ``quality`` and ``parity`` of every variant (in place)."""
+    model = _torch_reference(hf_dir)
+    eos = set(manifest["generation"]["eos_token_ids"])
+    ref_nll, ref_n, ref_logits, ref_greedy = 0.0, 0, {}, {}
+    fp32_ppl = None
+    for v in manifest["variants"]:
+        lm = GenerativeBundle.load(bundle_dir, precision=v["precision"], verify="selected")
+        cap = min(lm.context_length, max_eval_tokens)
+        nll, n, max_diff = 0.0, 0, 0.0
+        for k, t in enumerate(texts):
+            ids = lm.encode(t)[:cap]
+            if len(ids) < 2:
+                continue
+            lg = lm.logits(ids).astype(np.float64)
+            if k not in ref_logits:
+                ref_logits[k] = _torch_logits(model, ids)
+                ref_nll += _nll(ref_logits[k], ids)
+                ref_n += len(ids) - 1
+            nll += _nll(lg, ids)
+            n += len(ids) - 1
+            scale = max(1.0, float(np.abs(ref_logits[k]).max()))
+            max_diff = max(max_diff, float(np.abs(lg - ref_logits[k]).max()) / scale)
+        if n == 0:
+            raise EdgekdValueError("eval_texts: no text has 2 or more tokens; perplexity needs longer held-out texts")
+        same, total, identical = 0, 0, True
+        for p in prompts:
+            ids = lm.encode(p)
+            if p not in ref_greedy:
+                ref_greedy[p] = _torch_greedy(model, ids, n_tokens, eos)
+            got = lm.generate(p, max_new_tokens=n_tokens).token_ids
+            want = ref_greedy[p]
+            identical &= got == want
+            same += sum(a == b for a, b in zip(got, want))
+            total += max(len(got), len(want))
+        ppl = float(np.exp(nll / n))
+        if v["precision"] == "fp32":
+            fp32_ppl = ppl
+        v["quality"] = {"perplexity": ppl, "pytorch_fp32_perplexity": float(np.exp(ref_nll / ref_n)),
+                        "perplexity_delta_vs_pytorch": ppl - float(np.exp(ref_nll / ref_n)),
+                        "eval_texts": len(texts), "eval_tokens": n}
+        v["parity"] = {"max_rel_logit_diff": max_diff, "greedy_prompts": len(prompts), "greedy_tokens": n_tokens,
+                       "greedy_identical": bool(identical),
+                       "greedy_token_agreement": same / total if total else 1.0}
+        if check_parity and v["precision"] == "fp32" and not identical:
+            raise ParityError(f"compile-lm: the fp32 bundle's greedy tokens differ from PyTorch's "
+                              f"(agreement {v['parity']['greedy_token_agreement']:.3f}); not writing the bundle")
+    for v in manifest["variants"]:
+        if fp32_ppl is not None:
+            v["quality"]["perplexity_delta_vs_fp32"] = v["quality"]["perplexity"] - fp32_ppl
+
+
+__all__ = ["compile_causal_lm", "run_builder", "resolve_hf_dir", "LM_PRECISIONS", "BLOCK_SIZES"]
