@@ -116,33 +116,22 @@ def _printing_deprecations(func):
     return run
 
 
-def _under_torchrun(func):
-    """``func`` as one rank of a ``torchrun --nproc-per-node N -m edgekd ...`` job: the process group
-    is started first (:func:`edgekd.distributed.dist_context`), only rank 0 prints to stdout (the
-    others' stdout goes to /dev/null; errors still reach stderr), and the group is closed at the end.
-    Without torchrun (``WORLD_SIZE`` unset or 1) ``func`` runs as is, and torch is not imported."""
-    def run(args):
-        from edgekd.distributed import env_ranks
+# the SDK module that runs a verb as one rank of a torchrun job (not in the torch-free runtime wheel,
+# whose `edgekd` command never runs under torchrun)
+_TORCHRUN_MODULE = "edgekd.distributed"
 
-        rank, world, _ = env_ranks()
-        if world == 1:
-            return func(args)
-        import contextlib
+
+def _under_torchrun(func):
+    """``func`` as one rank of a ``torchrun --nproc-per-node N -m edgekd ...`` job
+    (:func:`edgekd.distributed.run_as_rank`: the process group is started first, only rank 0
+    prints to stdout, the group is closed at the end). Without torchrun (``WORLD_SIZE`` unset or 1)
+    ``func`` runs as is and nothing more is imported."""
+    def run(args):
         import os
 
-        import torch.distributed as tdist
-
-        from edgekd.distributed import dist_context
-
-        dist_context()
-        try:
-            if rank == 0:
-                return func(args)
-            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-                return func(args)
-        finally:
-            if tdist.is_initialized():
-                tdist.destroy_process_group()
+        if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):
+            return func(args)
+        return importlib.import_module(_TORCHRUN_MODULE).run_as_rank(func, args)
 
     return run
 

@@ -43,7 +43,7 @@ from edgekd.errors import EdgekdValueError
 __all__ = ["DistContext", "env_ranks", "dist_context", "get_rank", "get_world_size", "is_main", "is_distributed",
            "barrier", "shard", "split_even", "rank0_only", "main_progress", "all_reduce_sum", "all_reduce_max",
            "broadcast_json", "wrap_model", "grad_sync", "unwrap", "is_fsdp", "full_state_dict", "STRATEGIES",
-           "DEFAULT_TIMEOUT_S"]
+           "DEFAULT_TIMEOUT_S", "run_as_rank"]
 
 T = TypeVar("T")
 STRATEGIES = ("ddp", "fsdp")
@@ -367,3 +367,26 @@ def full_state_dict(model) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def run_as_rank(func: Callable[[Any], Any], args: Any) -> Any:
+    """Run the command-line verb ``func(args)`` as one rank of a ``torchrun`` job: the process group
+    is started first (:func:`dist_context`), only rank 0 prints to stdout (the other ranks' stdout
+    goes to /dev/null; errors still reach stderr), and the group is closed at the end. With one
+    process it is ``func(args)``."""
+    import contextlib
+
+    rank, world, _ = env_ranks()
+    if world == 1:
+        return func(args)
+    import torch.distributed as tdist
+
+    dist_context()
+    try:
+        if rank == 0:
+            return func(args)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            return func(args)
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()

@@ -49,8 +49,12 @@ def test_runtime_wheel_is_pure_python_with_only_the_runtime(runtime_dist):
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     base = sorted(r.split(">")[0].split("=")[0].split("<")[0] for r in requires if "extra ==" not in r)
     assert base == ["numpy", "onnxruntime", "tokenizers"]
-    # optional only: manifest signatures (edgekd-runtime[sign])
-    assert [r for r in requires if "extra ==" in r] == ['cryptography>=42; extra == "sign"']
+    # optional only, and torch-free: manifest signatures ([sign]), BM25 retrieval ([retrieval]) and
+    # generative bundles' chat templates + onnxruntime-genai engine ([generate])
+    extras = sorted(r for r in requires if "extra ==" in r)
+    assert extras == sorted(['cryptography>=42; extra == "sign"', 'bm25s>=0.2; extra == "retrieval"',
+                             'jinja2>=3; extra == "generate"', 'onnxruntime-genai>=0.8; extra == "generate"'])
+    assert not any("torch" in r or "transformers" in r for r in requires)
     assert "edgekd = edgekd.cli:main" in entry_points
     # its sdist holds the same sources, so a build from the sdist (what `build` did) is the same
     with tarfile.open(runtime_dist["sdist"]) as t:
