@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import random
 import sys
 from pathlib import Path
@@ -27,40 +26,14 @@ _QA_COMMAND_MODULES = ("edgekd.qa.cli_eval", "edgekd.qa.cli_train")
 def load_paragraphs(source: str | None):
     """Paragraphs of ``source``: None -> PolicyQA dev; a SQuAD-format ``.json``; a ``.jsonl`` of
     paragraphs (``{"id", "text"[, "group"]}``) or of triplets (their distinct contexts)."""
-    from edgekd.qa.data import load_policyqa, load_squad, paragraphs_of
-    from edgekd.qa.types import Paragraph, read_jsonl
+    from edgekd.qa.data import load_policyqa, read_paragraph_file
 
     if source is None:
         return load_policyqa("dev")[0]
-    path = Path(source)
-    if not path.is_file():
-        raise EdgekdValueError(f"--paragraphs: {path}: no such file (a SQuAD-format .json or a .jsonl)")
-    if path.suffix.lower() == ".json":
-        return load_squad(path)[0]
-    if path.suffix.lower() != ".jsonl":
-        raise EdgekdValueError(f"--paragraphs: {path}: expected a SQuAD-format .json or a .jsonl file")
-    first = next((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()), None)
-    if first is None:
-        raise EdgekdValueError(f"--paragraphs: {path} is empty")
     try:
-        head = json.loads(first)
-    except json.JSONDecodeError as exc:
-        raise EdgekdValueError(f"--paragraphs: {path}:1: not JSON ({exc.msg})") from None
-    if isinstance(head, dict) and "context" in head:
-        return paragraphs_of(list(read_jsonl(path)))
-    paras = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EdgekdValueError(f"--paragraphs: {path}:{i}: not JSON ({exc.msg})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("text"), str) or not d["text"].strip():
-            raise EdgekdValueError(f"--paragraphs: {path}:{i}: expected {{\"id\", \"text\"}} (a paragraph) or "
-                                   "{\"context\", \"question\", \"answer\"} (a triplet)")
-        paras.append(Paragraph(str(d.get("id", f"{path.stem}#{i}")), d["text"], str(d.get("group", ""))))
-    return paras
+        return read_paragraph_file(source)
+    except EdgekdValueError as exc:
+        raise EdgekdValueError(f"--paragraphs: {exc}") from None
 
 
 def select(paragraphs: list, limit: int | None, sample: int | None, seed: int) -> list:

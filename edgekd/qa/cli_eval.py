@@ -32,49 +32,18 @@ __all__ = ["register_qa", "read_paragraphs", "read_questions"]
 # ------------------------------------------------------------------------------------ data
 def read_paragraphs(path: str | None = None, split: str | None = None) -> tuple[list[str], list[str]]:
     """``(ids, texts)`` from ``path`` (SQuAD JSON, triplet JSONL or paragraph JSONL) or PolicyQA ``split``."""
-    from edgekd.qa.data import load_policyqa, load_squad, paragraphs_of
+    from edgekd.qa.data import load_policyqa, read_paragraph_file
 
     if (path is None) == (split is None):
         raise EdgekdValueError("give exactly one of --paragraphs FILE or --split dev|test")
     if split is not None:
         paras, _ = load_policyqa(split)
         return [p.id for p in paras], [p.text for p in paras]
-    p = Path(path)
-    if not p.is_file():
-        raise EdgekdValueError(f"--paragraphs: {p} is not a file")
-    if p.suffix.lower() == ".json":
-        paras, _ = load_squad(p)
-        return [x.id for x in paras], [x.text for x in paras]
-    ids, texts, triplets = [], [], []
-    from edgekd.qa.types import Triplet
-
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EdgekdValueError(f"{p}:{i}: not JSON ({exc.msg})") from None
-            if not isinstance(d, dict):
-                raise EdgekdValueError(f"{p}:{i}: expected a JSON object")
-            if "context" in d:
-                try:
-                    triplets.append(Triplet.from_json(d))
-                except EdgekdValueError as exc:
-                    raise EdgekdValueError(f"{p}:{i}: {exc}") from None
-            elif isinstance(d.get("id"), str) and isinstance(d.get("text"), str):
-                ids.append(d["id"])
-                texts.append(d["text"])
-            else:
-                raise EdgekdValueError(f"{p}:{i}: expected a triplet (context, question, answer) or a paragraph "
-                                       "{\"id\", \"text\"}")
-    for para in paragraphs_of(triplets):
-        ids.append(para.id)
-        texts.append(para.text)
-    if not ids:
-        raise EdgekdValueError(f"{p}: no paragraphs")
-    return ids, texts
+    try:
+        paras = read_paragraph_file(path)
+    except EdgekdValueError as exc:
+        raise EdgekdValueError(f"--paragraphs: {exc}") from None
+    return [x.id for x in paras], [x.text for x in paras]
 
 
 def read_questions(path: str | None = None, split: str | None = None):

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from edgekd.errors import EdgekdValueError
-from edgekd.qa.types import Paragraph, Triplet
+from edgekd.qa.types import Paragraph, Triplet, iter_json_lines
 
-__all__ = ["default_policyqa_dir", "load_squad", "load_policyqa", "paragraphs_of"]
+__all__ = ["default_policyqa_dir", "load_squad", "load_policyqa", "paragraphs_of", "read_paragraph_file"]
 
 
 def default_policyqa_dir() -> Path:
@@ -85,3 +85,31 @@ def paragraphs_of(triplets: list[Triplet]) -> list[Paragraph]:
         if key not in seen:
             seen[key] = Paragraph(key, t.context)
     return list(seen.values())
+
+
+def read_paragraph_file(path: str | os.PathLike) -> list[Paragraph]:
+    """Paragraphs of a file: a SQuAD-format ``.json``, or a ``.jsonl`` whose lines are paragraphs
+    (``{"id", "text"[, "group"]}``; a missing id becomes ``<stem>#<line>``) or triplets (their
+    distinct contexts, after the paragraphs). A bad line raises naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekdValueError(f"{path}: no such file, or not a file (want a SQuAD-format .json or a .jsonl of paragraphs or triplets)")
+    if path.suffix.lower() == ".json":
+        return load_squad(path)[0]
+    paras: list[Paragraph] = []
+    triplets: list[Triplet] = []
+    for i, d in iter_json_lines(path):
+        if isinstance(d, dict) and "context" in d:
+            try:
+                triplets.append(Triplet.from_json(d))
+            except EdgekdValueError as exc:
+                raise EdgekdValueError(f"{path}:{i}: {exc}") from None
+        elif isinstance(d, dict) and isinstance(d.get("text"), str) and d["text"].strip():
+            paras.append(Paragraph(str(d.get("id", f"{path.stem}#{i}")), d["text"], str(d.get("group", ""))))
+        else:
+            raise EdgekdValueError(f"{path}:{i}: expected a paragraph {{\"id\", \"text\"}} or a triplet "
+                                   "{\"context\", \"question\", \"answer\"}")
+    paras += paragraphs_of(triplets)
+    if not paras:
+        raise EdgekdValueError(f"{path}: no paragraphs")
+    return paras

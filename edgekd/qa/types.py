@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator
 
 from edgekd.errors import EdgekdValueError
 
-__all__ = ["Paragraph", "Triplet", "write_jsonl", "read_jsonl"]
+__all__ = ["Paragraph", "Triplet", "write_jsonl", "read_jsonl", "iter_json_lines"]
 
 
 @dataclass(frozen=True)
@@ -69,20 +69,26 @@ def write_jsonl(path: str | Path, rows: Iterable[Triplet | dict]) -> int:
     return n
 
 
-def read_jsonl(path: str | Path) -> Iterator[Triplet]:
-    """Read triplets written by :func:`write_jsonl`; a bad line raises naming the file and line."""
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for every non-blank line of ``path``; a missing file or a line that
+    is not JSON raises naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
-        raise EdgekdValueError(f"{path}: no such file")
+        raise EdgekdValueError(f"{path}: no such file (not a file)")
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
+                yield i, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise EdgekdValueError(f"{path}:{i}: not JSON ({exc.msg})") from None
-            try:
-                yield Triplet.from_json(d)
-            except EdgekdValueError as exc:
-                raise EdgekdValueError(f"{path}:{i}: {exc}") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[Triplet]:
+    """Read triplets written by :func:`write_jsonl`; a bad line raises naming the file and line."""
+    for i, d in iter_json_lines(path):
+        try:
+            yield Triplet.from_json(d)
+        except EdgekdValueError as exc:
+            raise EdgekdValueError(f"{path}:{i}: {exc}") from None
