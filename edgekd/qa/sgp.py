@@ -38,7 +38,7 @@ import numpy as np
 
 from edgekd.errors import EdgekdValueError
 
-__all__ = ["PromptFormat", "SGPConfig", "LMScorer", "TorchLMScorer", "QAResult", "MODES", "TERMS",
+__all__ = ["PromptFormat", "RenderedPromptFormat", "SGPConfig", "LMScorer", "TorchLMScorer", "QAResult", "MODES", "TERMS",
            "sgp_select", "answer_questions"]
 
 MODES = ("closed-book", "top1", "oracle", "sgp")
@@ -73,6 +73,34 @@ class PromptFormat:
         prompt = self.prompt(context, question)
         text = prompt + " " + answer if answer else prompt  # no answer: an empty span
         return text, (q0, q1), (len(prompt), len(text))
+
+
+class RenderedPromptFormat:
+    """A prompt format given by a function ``render(context, question) -> prompt`` (a chat
+    template, e.g. :func:`edgekd.qa.students.qa_prompt` bound to a tokenizer, the format the QA
+    students are trained with). The question's span is found as its last occurrence in the
+    rendered prompt; the answer follows with ``answer_sep`` (``""`` after a chat template's
+    assistant header, which ends with a newline). ``render(None, question)`` must give the
+    closed-book prompt when that mode is used."""
+
+    def __init__(self, render, answer_sep: str = ""):
+        if not callable(render):
+            raise EdgekdValueError(f"RenderedPromptFormat: render must be callable, got {type(render).__name__}")
+        self.render = render
+        self.answer_sep = answer_sep
+
+    def prompt(self, context: str | None, question: str) -> str:
+        return self.render(context, question)
+
+    def scored(self, context: str | None, question: str, answer: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
+        prompt = self.prompt(context, question)
+        q0 = prompt.rfind(question)
+        if q0 < 0:
+            raise EdgekdValueError("RenderedPromptFormat: the rendered prompt does not contain the question verbatim")
+        if q0 > 0 and prompt[q0 - 1] == " ":
+            q0 -= 1  # the space before the question belongs to its first token (byte-level BPE)
+        text = prompt + self.answer_sep + answer if answer else prompt
+        return text, (q0, q0 + len(question) + (prompt[q0] == " ")), (len(prompt), len(text))
 
 
 @dataclass
