@@ -149,7 +149,7 @@ if WITH_EXT:
     cmdclass["build_ext"] = SdkBuildExt
 
 # the profiles of `edgekd demo` (TOML configs) ship inside the package
-package_data = {"edgekd": ["configs/*.toml"]}
+package_data = {"edgekd": ["configs/*.toml", "configs/legal-qa/*.toml"]}
 
 setup(
     version=VERSION,

@@ -48,85 +48,53 @@ def _load() -> str:
     return f"{a:.2f} / {b:.2f} / {c:.2f}"
 
 
-def _words(s: str) -> int:
-    return len(s.split())
-
-
 def data(args):
-    from edgekd.qa.cli_train import select_triplets
+    from edgekd.qa.bench import train_test_pairs
     from edgekd.qa.data import load_policyqa
     from edgekd.qa.types import read_jsonl
 
-    short = lambda ts: [t for t in ts if _words(t.context) <= args.max_context_words]  # noqa: E731
     if args.triplets:
-        pool = short(list(read_jsonl(args.triplets)))
+        pool = list(read_jsonl(args.triplets))
         source = "synthetic"
     else:
-        pool = short(load_policyqa("dev")[1])
+        pool = load_policyqa("dev")[1]
         source = "human"
-    train = select_triplets(pool, sample=args.train_n, seed=args.seed)
-    test = select_triplets(short(load_policyqa("test")[1]), sample=args.test_n, seed=args.seed)
-    return train, test, source, len(pool)
-
-
-def size_mb(model: torch.nn.Module) -> float:
-    seen, n = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen and t.is_floating_point():
-            seen.add(id(t))
-            n += t.numel() * t.element_size()
-    return n / 1e6
+    train, test, pool_n = train_test_pairs(pool, load_policyqa("test")[1], train_n=args.train_n, test_n=args.test_n,
+                                           max_context_words=args.max_context_words, seed=args.seed)
+    return train, test, source, pool_n
 
 
 def gen_eval(model, tok, test, args, shots=()):
-    from edgekd.qa.metrics import qa_metrics
-    from edgekd.qa.students import answer
+    from edgekd.qa.bench import generative_eval
 
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    preds = answer(model, tok, [t.context for t in test], [t.question for t in test], args.max_new_tokens,
-                   batch_size=args.batch_size, shots=shots)
-    sec = time.perf_counter() - t0
-    n_tok = sum(len(tok(p, add_special_tokens=False)["input_ids"]) + 1 for p in preds)  # + EOS
-    m = qa_metrics(preds, [t.meta.get("answers") or [t.answer] for t in test])
-    return m, preds, {"seconds": sec, "gen_tokens": n_tok, "tokens_per_s": n_tok / sec, "s_per_question": sec / len(test)}
+    r = generative_eval(model, tok, test, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, shots=shots)
+    return r["metrics"], r["preds"], r["speed"]
 
 
 def _teacher(root: pathlib.Path):
     """The SmolLM2 GGUF teacher, dequantised once to a plain fp32 directory under ``root`` (faster reloads)."""
-    from edgekd.assets import asset_path
-    from edgekd.llm.models import load_causal_lm, save_causal_lm
+    from edgekd.qa.bench import load_teacher
 
-    d = root / "models" / "teacher-fp32"
-    if not (d / "model.safetensors").is_file():
-        model, tok = load_causal_lm(asset_path("smollm2"))
-        save_causal_lm(model, d, tok)
-        return model, tok
-    return load_causal_lm(d)
+    return load_teacher("smollm2", root / "models" / "teacher-fp32")
 
 
 def run_row(row: str, args, train, test, source, work: pathlib.Path) -> dict:
-    from edgekd.llm.models import count_parameters, load_causal_lm
+    from edgekd.llm.models import count_parameters
+    from edgekd.qa.bench import model_size_mb
 
     out: dict = {"row": row, "source": source, "n_train": len(train), "triplets": args.triplets,
                  "started": now(), "load_start": _load()}
     if row == "reader":
-        from edgekd.qa.metrics import qa_metrics
-        from edgekd.qa.reader import ReaderConfig, load_reader, reader_answer, train_reader
+        from edgekd.qa.bench import reader_eval
+        from edgekd.qa.reader import ReaderConfig, load_reader, train_reader
 
         model, tok, _ = load_reader("minilm", seed=args.seed)
         cfg = ReaderConfig(max_length=384, doc_stride=128, epochs=args.reader_epochs, lr=args.reader_lr,
                            batch_size=8, seed=args.seed)
         res = train_reader(model, tok, train, cfg)
-        t0 = time.perf_counter()
-        preds = reader_answer(model, tok, [t.context for t in test], [t.question for t in test], cfg,
-                              batch_size=args.batch_size)
-        sec = time.perf_counter() - t0
-        n_in = sum(len(tok(t.question, t.context)["input_ids"]) for t in test)
-        out.update(metrics=qa_metrics(preds, [t.meta.get("answers") or [t.answer] for t in test]),
-                   speed={"seconds": sec, "input_tokens": n_in, "tokens_per_s": n_in / sec,
-                          "s_per_question": sec / len(test)},
-                   params=count_parameters(model), size_mb=size_mb(model), train=res.to_json(), preds=preds)
+        ev = reader_eval(model, tok, test, cfg, batch_size=args.batch_size)
+        out.update(metrics=ev["metrics"], speed=ev["speed"], params=count_parameters(model), size_mb=model_size_mb(model),
+                   train=res.to_json(), preds=ev["preds"])
     else:
         from edgekd.qa.students import QAStudentConfig, make_student, train_qa_student
 
@@ -134,7 +102,7 @@ def run_row(row: str, args, train, test, source, work: pathlib.Path) -> dict:
         if row.startswith("teacher"):
             shots = [(train[0].context, train[0].question, train[0].answer)] if row == "teacher-1shot" else []
             m, preds, speed = gen_eval(teacher, tok, test, args, shots)
-            out.update(metrics=m, speed=speed, params=count_parameters(teacher), size_mb=size_mb(teacher),
+            out.update(metrics=m, speed=speed, params=count_parameters(teacher), size_mb=model_size_mb(teacher),
                        preds=preds, n_train=len(shots))
         else:
             kd = row == "student-kd"
@@ -144,7 +112,7 @@ def run_row(row: str, args, train, test, source, work: pathlib.Path) -> dict:
             res = train_qa_student(student, tok, train, teacher=teacher if kd else None, config=cfg)
             del teacher
             m, preds, speed = gen_eval(student, tok, test, args)
-            out.update(metrics=m, speed=speed, params=count_parameters(student), size_mb=size_mb(student),
+            out.update(metrics=m, speed=speed, params=count_parameters(student), size_mb=model_size_mb(student),
                        kept_layers=keep, train=res.to_json(), preds=preds)
     out.update(finished=now(), load_end=_load())
     return out

@@ -10,6 +10,10 @@
 A profile is a config file like any other (``edgekd distill --config FILE`` reads the same
 format); ``--profile`` also takes a path to one. The notes printed with the table describe the
 settings actually used, after the overrides.
+
+Other tasks of ``edgekd demo --task`` keep their profiles in a folder of their own
+(``edgekd/configs/<task>/<name>.toml``; ``profiles("legal-qa")``), read by their own config class
+(:func:`edgekd.pipeline.legal_qa.legal_qa_config`).
 """
 from __future__ import annotations
 
@@ -23,25 +27,34 @@ from edgekd.errors import EdgekdValueError
 from edgekd.settings import load_toml
 
 
-def _profile_dir():
-    return resources.files("edgekd") / "configs"
+TASKS = ("tfns", "legal-qa")
 
 
-def profiles() -> list[str]:
-    """The names of the shipped profiles."""
-    return sorted(p.name[: -len(".toml")] for p in _profile_dir().iterdir() if p.name.endswith(".toml"))
+def _profile_dir(task: str = "tfns"):
+    if task not in TASKS:
+        raise EdgekdValueError(f"unknown task {task!r}; choose from {list(TASKS)}")
+    root = resources.files("edgekd") / "configs"
+    return root if task == "tfns" else root / task
 
 
-def profile_path(profile: str | os.PathLike) -> Path:
+def profiles(task: str = "tfns") -> list[str]:
+    """The names of the shipped profiles of ``task`` (``tfns``: ``edgekd/configs/*.toml``; another
+    task: ``edgekd/configs/<task>/*.toml``)."""
+    return sorted(p.name[: -len(".toml")] for p in _profile_dir(task).iterdir()
+                  if p.name.endswith(".toml") and p.is_file())
+
+
+def profile_path(profile: str | os.PathLike, task: str = "tfns") -> Path:
     """A shipped profile's TOML file, or ``profile`` itself when it is a path to a file."""
     p = Path(profile)
     if p.suffix == ".toml" or os.sep in str(profile):
         if not p.is_file():
             raise EdgekdValueError(f"profile file {p} does not exist")
         return p
-    f = _profile_dir() / f"{profile}.toml"
+    f = _profile_dir(task) / f"{profile}.toml"
     if not f.is_file():
-        raise EdgekdValueError(f"unknown profile {str(profile)!r}; choose from {profiles()} or give a .toml file")
+        what = "profile" if task == "tfns" else f"{task} profile"
+        raise EdgekdValueError(f"unknown {what} {str(profile)!r}; choose from {profiles(task)} or give a .toml file")
     return Path(str(f))
 
 

@@ -70,7 +70,7 @@ def test_sdist_holds_the_whole_source_and_the_wheel_the_sdk(sdk_dist):
         meta = z.read(f"edgekd-{version}.dist-info/METADATA").decode()
     assert any(n.startswith("edgekd/_C.") and n.endswith(".so") for n in names)
     assert "edgekd/kernels/perturbed_topk.py" in names and "edgekd/ops/perturbed_topk.py" in names
-    data = {p.relative_to(REPO).as_posix() for p in (REPO / "edgekd" / "configs").glob("*.toml")}
+    data = {p.relative_to(REPO).as_posix() for p in (REPO / "edgekd" / "configs").rglob("*.toml")}
     assert data <= names, sorted(data - names)  # package data (the demo profiles)
     assert not names & set(runtime_files(REPO)), "the runtime's files belong to edgekd-runtime only"
     assert not any(n.endswith("entry_points.txt") for n in names), "the edgekd command comes with edgekd-runtime"
