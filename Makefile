@@ -49,13 +49,17 @@ test-packaging: $(VENV)/.installed build
 # `make test` or CI); DEMO_PROFILE=quick is the smoke test, paper uses 50 IG steps.
 # DEMO_PROFILE: a profile shipped in edgekd/configs (default, quick, paper, full) or a .toml file;
 # DEMO_ARGS: flags or table.key=value overrides, e.g. make demo DEMO_ARGS="train.epochs=3 --threads 2"
+# DEMO_TASK: tfns (the job above) or legal-qa (PolicyQA: synthetic triplets, SmolLM2 teacher, students by
+# SFT and KD, MiniLM reader, SGP; profiles in edgekd/configs/legal-qa: quick (< 45 min on 2 cores), default),
+# e.g. make demo DEMO_TASK=legal-qa DEMO_PROFILE=quick DEMO_ARGS="--restart"
+DEMO_TASK ?= tfns
 DEMO_PROFILE ?= default
 DEMO_ARGS ?=
 # installs the `demo` extra's packages (listed in pyproject.toml) without rebuilding edgekd._C
 demo: $(VENV)/.installed
 	$(VPY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['demo']; print('\n'.join(r for r in d if not r.startswith('edgekd')))" > $(VENV)/demo-requirements.txt
 	$(PIP) install -q -r $(VENV)/demo-requirements.txt
-	$(VPY) -m edgekd demo --profile $(DEMO_PROFILE) $(DEMO_ARGS)
+	$(VPY) -m edgekd demo --task $(DEMO_TASK) --profile $(DEMO_PROFILE) $(DEMO_ARGS)
 
 clean:
 	rm -rf build *.egg-info edgekd/_C*.so $(VENV)

@@ -392,6 +392,13 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover (not on every platform)
+        return None
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
@@ -758,23 +765,27 @@ def run_legal_qa(config: LegalQAConfig, *, restart: bool = False, log: Callable[
             if isinstance(rec, dict) and rec.get("settings") == settings and "result" in rec:
                 job.results[stage] = rec["result"]
                 timings.append({"stage": stage, "status": "done earlier", "seconds": rec["seconds"],
-                                "finished": rec.get("finished")})
+                                "cpu_seconds": rec.get("cpu_seconds"), "finished": rec.get("finished"),
+                                "load": rec.get("load")})
                 emit(f"{head}: done earlier ({rec['seconds']:.0f} s, {rec.get('finished')}); skipped")
                 continue
             emit(f"{head}: the stored result was made with other settings (or is unreadable); running it again")
         emit(f"{head}: running ...")
         loaded_before = job._teacher is not None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         started = _now()
         result = _runner(stage)(job)
-        sec = time.perf_counter() - t0
-        rec = {"stage": stage, "seconds": round(sec, 3), "started": started, "finished": _now(),
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+        # CPU seconds of this process (all its threads): on a shared machine, wall / CPU shows the contention
+        rec = {"stage": stage, "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3), "started": started,
+               "finished": _now(), "load": _loadavg(),
                "teacher_load_seconds": round(job.teacher_load_seconds, 3)
                if job._teacher is not None and not loaded_before else 0.0,
                "settings": settings, "result": result}
         _write_json(path, rec)
         job.results[stage] = result
-        timings.append({"stage": stage, "status": "ran", "seconds": round(sec, 3), "finished": rec["finished"],
+        timings.append({"stage": stage, "status": "ran", "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3),
+                        "finished": rec["finished"], "load": rec["load"],
                         "teacher_load_seconds": rec["teacher_load_seconds"]})
         emit(f"{head}: {_summary(stage, result)} ({sec:.0f} s)")
     wall = time.perf_counter() - t_start
@@ -893,12 +904,18 @@ def _report(cfg: LegalQAConfig, res: dict[str, dict], timings: list[dict], wall:
                for k, v in f.items()]
         md.append("")
     total = sum(t["seconds"] for t in timings)
-    md += ["## Stage times (wall seconds)", "", "| stage | status | seconds | minutes |", "|---|---|---|---|"]
+    md += ["## Stage times", "",
+           f"Wall seconds of each stage ({cfg.run.threads or 'default'} torch threads); CPU seconds of the process "
+           "(all threads) and the load average (1 / 5 / 15 min) at its end: on a shared machine, wall time well above "
+           "CPU time / threads means other jobs took the cores.", "",
+           "| stage | status | wall s | wall min | CPU s | load at the end |", "|---|---|---|---|---|---|"]
     for t in timings:
         note = t["status"]
         if t.get("teacher_load_seconds"):
             note += f" (incl. {t['teacher_load_seconds']:.0f} s loading the teacher)"
-        md.append(f"| {t['stage']} | {note} | {t['seconds']:.1f} | {t['seconds'] / 60:.1f} |")
+        cpu = "" if t.get("cpu_seconds") is None else f"{t['cpu_seconds']:.1f}"
+        load = " / ".join(f"{x:.2f}" for x in t["load"]) if t.get("load") else ""
+        md.append(f"| {t['stage']} | {note} | {t['seconds']:.1f} | {t['seconds'] / 60:.1f} | {cpu} | {load} |")
     budget = cfg.run.budget_minutes
     md += ["", f"Total of the stage times: {total:.0f} s ({total / 60:.1f} min)"
            + (f"; this profile's budget: {budget:g} min ({'within' if total <= 60 * budget else 'OVER'})"

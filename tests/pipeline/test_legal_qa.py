@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import tomllib
 
 import pytest
@@ -181,7 +180,6 @@ def test_cli_prints_the_config_and_refuses_flags_of_the_other_task(capsys):
 
 # ------------------------------------------------------------------------------ the run
 def test_run_end_to_end_then_resume_and_restart(tmp_path, policyqa, tiny_models, capsys):
-    t0 = time.perf_counter()
     prof = _profile(tmp_path, policyqa, tiny_models)
     assert main(["demo", "--task", "legal-qa", "--profile", str(prof), "reader.lr=2e-4"]) == 0
     printed = capsys.readouterr().out
@@ -245,7 +243,6 @@ def test_run_end_to_end_then_resume_and_restart(tmp_path, policyqa, tiny_models,
     assert _statuses(fresh) == {"data": "ran"}
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["data.json"]
     assert not (out / "index").exists() and not (out / "synth").exists() and (out / "mine.txt").exists()
-    assert time.perf_counter() - t0 < 60
 
 
 def test_synthetic_row_trains_when_enough_triplets_survive(tmp_path, policyqa, tiny_models):
