@@ -643,8 +643,16 @@ def _stage_reader(job: _Job) -> dict:
 
 
 def _specific(job: _Job, index):
-    """The paragraph-specific test questions: :func:`edgekd.qa.specific.specific_questions`."""
-    from edgekd.qa.specific import specific_questions
+    """The paragraph-specific test questions: :func:`edgekd.qa.specific.specific_questions` (questions
+    asked of one paragraph only, whose paragraph BM25 ranks in its top ``sgp.k``), a seeded sample of
+    at most ``sgp.questions``."""
+    try:
+        from edgekd.qa.specific import specific_questions
+    except ModuleNotFoundError as exc:
+        if exc.name != "edgekd.qa.specific":
+            raise
+        raise EdgekdValueError("the sgp stages need edgekd.qa.specific (specific_questions); leave them out with "
+                               "run.stages=... until it is installed") from None
 
     _, test_all = job.policyqa("test")
     g = job.cfg.sgp
