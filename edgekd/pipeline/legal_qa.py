@@ -179,6 +179,9 @@ class QASynthSettings:
             raise EdgekdValueError(f"[synth] api must be 'chat' or 'completions', got {self.api!r}")
         if self.endpoint and not self.endpoint_model.strip():
             raise EdgekdValueError("[synth] endpoint needs endpoint_model (the model name the server serves)")
+        if self.endpoint and self.api == "completions" and self.template in ("chat", "chat-example"):
+            raise EdgekdValueError(f"[synth] template {self.template!r} writes chat messages, which api = "
+                                   "'completions' cannot take; use template = 'fewshot' (or 'auto') or api = 'chat'")
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             raise EdgekdValueError(f"[synth] endpoint must be an http(s) URL, got {self.endpoint!r}")
         _check_loss("[synth] student_loss", self.student_loss)

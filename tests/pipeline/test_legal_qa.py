@@ -151,6 +151,8 @@ def test_overrides_apply_and_bad_values_raise_naming_the_setting(tmp_path):
            ({"synth.endpoint": "http://127.0.0.1:1/v1"}, r"endpoint needs endpoint_model"),
            ({"synth.endpoint": "localhost:8000", "synth.endpoint_model": "m"}, r"endpoint must be an http"),
            ({"synth.min_kept": 1}, r"\[synth\] min_kept must be an int >= 2"),
+           ({"synth.endpoint": "http://h/v1", "synth.endpoint_model": "m", "synth.api": "completions",
+             "synth.template": "chat"}, r"template 'chat' writes chat messages, which api = 'completions' cannot"),
            ({"synth.template": "poem"}, r"\[synth\] template must be one of"),
            ({"synth.student_loss": "l2"}, r"\[synth\] student_loss must be ce or a KD loss"),
            ({"student.kd_loss": "sft"}, r"kd_loss must be a KD loss"),
