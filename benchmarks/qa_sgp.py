@@ -168,7 +168,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/qa_sgp")
     ap.add_argument("--out", default=str(RESULTS / "legal_qa_sgp.md"))
+    ap.add_argument("--from-json", help="rewrite the markdown from a finished run's JSON (no LM calls)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        res = json.loads(pathlib.Path(args.from_json).read_text())
+        a = argparse.Namespace(**res["args"])
+        write_md(pathlib.Path(args.out), res, a, res["machine"], res.get("command"))
+        print(pathlib.Path(args.out).read_text())
+        return 0
 
     import torch
 
@@ -207,7 +214,7 @@ def main(argv=None) -> int:
     test = evaluate("test", test_index, test_qs, scorer, fmt, test_cfgs, args)
     t_end, load1 = now(), os.getloadavg()
 
-    res = {"args": vars(args), "machine": info, "started": t_start, "finished": t_end,
+    res = {"args": vars(args), "command": command_line(), "machine": info, "started": t_start, "finished": t_end,
            "load": [load0, load1], "dev_filter": dev_rep, "test_filter": test_rep,
            "dev": {n: {k: v for k, v in r.items() if k != "answers"} for n, r in dev.items()},
            "dev_pick": best, "test": test, "lm_seconds": scorer.seconds, "lm_calls": scorer.calls,
@@ -220,13 +227,26 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_md(out: pathlib.Path, res: dict, args, info) -> None:
+def paired_bootstrap(pred_a, pred_b, golds, n=10000, seed=0):
+    """Mean F1(a) - F1(b) over questions, its 95 % percentile interval and the share of resamples <= 0."""
+    import numpy as np
+
+    from edgekd.qa.metrics import token_f1
+
+    f = lambda p, g: 0.0 if p is None else token_f1(p, g)  # noqa: E731
+    d = np.array([f(a, g) - f(b, g) for a, b, g in zip(pred_a, pred_b, golds)]) * 100
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), float((means <= 0).mean())
+
+
+def write_md(out: pathlib.Path, res: dict, args, info, command: str | None = None) -> None:
     t, d = res["test"], res["dev"]
     tr = t["retrieval"]
     L = [f"# SGP vs retrieve-top-1 on paragraph-specific PolicyQA questions (issue 15)", "",
          f"Machine: {machine_string(info)}. {versions_string(info)}. Run {res['started']} -> {res['finished']}, "
          f"load average {res['load'][0][0]:.2f} -> {res['load'][1][0]:.2f} (2 cores).", "",
-         f"Command: `{command_line()}`", "",
+         f"Command: `{command or res.get('command') or command_line()}`", "",
          "## Questions", "",
          "PolicyQA's questions are templates asked of many paragraphs; these rows use only the ones that pass "
          "`edgekd.qa.specific.specific_questions` (the issue's specificity test, the one the synthetic-triplet "
@@ -254,6 +274,10 @@ def write_md(out: pathlib.Path, res: dict, args, info) -> None:
             label += f": k {c['k']}, retriever weight {c['weight']}, terms {'+'.join(c['terms'])}"
         m = r["metrics"]
         L.append(f"| {label} | {sel} | {m['exact_match']:.1f} | {m['f1']:.1f} | {m['rouge_l']:.1f} |")
+    L += ["", "Paired bootstrap over the test questions (10,000 resamples, seed 0) of the F1 difference, in F1 points:", ""]
+    for a, b in (("sgp (dev-selected)", "top1"), ("sgp (LM alone)", "top1"), ("oracle", "top1"), ("top1", "closed-book")):
+        m, lo, hi, p = paired_bootstrap(t[a]["answers"], t[b]["answers"], [q["answers"] for q in res["test_questions"]])
+        L.append(f"- {a} - {b}: {m:+.1f} (95 % interval {lo:+.1f} .. {hi:+.1f}; share of resamples <= 0: {p:.2f})")
     L += ["", "## Dev grid (tuning; 'sgp k w terms': candidates, retriever weight, LM terms)", "",
           "| setting | paragraph picked % | F1 |", "|---|---:|---:|"]
     L.append(f"| retrieve-top-1 | {d['top1']['selected']:.1f} | {d['top1']['metrics']['f1']:.1f} |")
