@@ -107,6 +107,11 @@ def split_set(split: str, args):
     from edgekd.runtime.retrieval import BM25Index
 
     paras, trips = load_policyqa(split)
+    given = args.dev_questions if split == "dev" else args.test_questions
+    if given:  # generated (or hand-written) questions about this split's paragraphs, same filter
+        from edgekd.qa.types import read_jsonl
+
+        trips = list(read_jsonl(given))
     index = BM25Index.build([p.id for p in paras], [p.text for p in paras])
     n = args.dev_n if split == "dev" else args.test_n
     kept, rep = specific_questions(trips, index, k=args.filter_k, max_paragraphs_per_question=args.max_paragraphs,
@@ -168,6 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/qa_sgp")
     ap.add_argument("--out", default=str(RESULTS / "legal_qa_sgp.md"))
+    ap.add_argument("--dev-questions", help="JSONL triplets about PolicyQA DEV paragraphs (context_id = paragraph id) "
+                                            "to use instead of the human DEV questions")
+    ap.add_argument("--test-questions", help="the same for TEST (e.g. held-out generated questions)")
     ap.add_argument("--from-json", help="rewrite the markdown from a finished run's JSON (no LM calls)")
     args = ap.parse_args(argv)
     if args.from_json:
