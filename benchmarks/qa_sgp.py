@@ -176,6 +176,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dev-questions", help="JSONL triplets about PolicyQA DEV paragraphs (context_id = paragraph id) "
                                             "to use instead of the human DEV questions")
     ap.add_argument("--test-questions", help="the same for TEST (e.g. held-out generated questions)")
+    ap.add_argument("--bundle", help="a generative bundle with retrieval (edgekd compile-lm --retrieval over PolicyQA "
+                                     "TEST): score its ONNX LM, torch-free, with the bundle's own SGP settings on the "
+                                     "test questions (no tuning; writes --bundle-out)")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--bundle-out", default=str(RESULTS / "legal_qa_sgp_bundle.md"))
     ap.add_argument("--from-json", help="rewrite the markdown from a finished run's JSON (no LM calls)")
     args = ap.parse_args(argv)
     if args.from_json:
@@ -185,6 +190,8 @@ def main(argv=None) -> int:
         print(pathlib.Path(args.out).read_text())
         return 0
 
+    if args.bundle:
+        return bundle_run(args)
     import torch
 
     from edgekd.qa.sgp import SGPConfig, TorchLMScorer
@@ -231,6 +238,65 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     write_md(out, res, args, info)
+    print(out.read_text())
+    return 0
+
+
+def bundle_run(args) -> int:
+    """The test rows again with the bundle's ONNX LM (OnnxLMScorer) and the SGP settings in its manifest."""
+    from edgekd.runtime import GenerativeBundle
+    from edgekd.runtime.sgp import BundleQA, OnnxLMScorer
+
+    info = machine_info(args.threads)
+    t_start, load0 = now(), os.getloadavg()
+    t0 = time.perf_counter()
+    lm = GenerativeBundle.load(args.bundle, precision=args.precision, threads=args.threads)
+    qa = BundleQA(lm, batch_size=args.batch_size)
+    index = qa.index
+    load_s = time.perf_counter() - t0
+    _, test_qs, test_rep = split_set("test", args)
+    if set(index.ids) != {t.context_id for t in test_qs} | set(index.ids):
+        raise SystemExit("the bundle's index is not over PolicyQA TEST paragraphs")
+    scorer = MemoScorer(OnnxLMScorer(lm, batch_size=args.batch_size))
+    cfg = qa.config
+    args.max_new_tokens = cfg.max_new_tokens
+    t0 = time.perf_counter()
+    test = evaluate("test", index, test_qs, scorer, qa.prompt, {"sgp (bundle settings)": cfg}, args)
+    wall = time.perf_counter() - t0
+    # one question end to end through the public API (load excluded), as `edgekd answer` runs it
+    t1 = time.perf_counter()
+    one = qa.answer(test_qs[0].question)
+    one_s = time.perf_counter() - t1
+    res = {"args": vars(args), "command": command_line(), "machine": info, "started": t_start, "finished": now(),
+           "load": [load0, os.getloadavg()], "test_filter": test_rep, "test": test, "bundle": str(args.bundle),
+           "variant": lm.variant.get("precision"), "size_mb": lm.size_bytes / 1e6, "load_s": load_s,
+           "eval_wall_s": wall, "one_answer_s": one_s, "one_answer": one.to_json(), "lm_seconds": scorer.seconds,
+           "lm_calls": scorer.calls, "settings": qa.settings,
+           "test_questions": [{"q": t.question, "id": t.context_id, "answers": t.meta["answers"]} for t in test_qs]}
+    out = pathlib.Path(args.bundle_out)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    L = [f"# SGP from a generative bundle, torch-free (issue 16): PolicyQA TEST paragraph-specific questions", "",
+         f"Machine: {machine_string(info)}. {versions_string(info)}. Run {res['started']} -> {res['finished']}, "
+         f"load average {res['load'][0][0]:.2f} -> {res['load'][1][0]:.2f} (2 cores).", "",
+         f"Command: `{res['command']}`", "",
+         f"Bundle: {args.bundle} ({res['variant']}, {res['size_mb']:.1f} MB with its BM25 index), settings from its "
+         f"manifest: {json.dumps(res['settings'])}. Questions: the {len(test_qs)} of `legal_qa_sgp.md` (same filter, "
+         "same seed). The LM is the bundle's ONNX decoder through `OnnxLMScorer` (numpy + onnxruntime, "
+         f"{args.threads} threads); no torch.", "",
+         "| mode | paragraph picked % | EM | F1 | ROUGE-L |", "|---|---:|---:|---:|---:|"]
+    for name in ["closed-book", "top1", "sgp (bundle settings)", "oracle"]:
+        r = test[name]
+        sel = "-" if r["selected"] is None else f"{r['selected']:.1f}"
+        m = r["metrics"]
+        L.append(f"| {name} | {sel} | {m['exact_match']:.1f} | {m['f1']:.1f} | {m['rouge_l']:.1f} |")
+    m, lo, hi, p = paired_bootstrap(test["sgp (bundle settings)"]["answers"], test["top1"]["answers"],
+                                    [t.meta["answers"] for t in test_qs])
+    L += ["", f"SGP - top-1 F1: {m:+.1f} (paired bootstrap 95 % interval {lo:+.1f} .. {hi:+.1f}; share <= 0: {p:.2f}).", "",
+          f"Time: bundle + index load {load_s:.1f} s; all four modes over {len(test_qs)} questions {wall:.0f} s "
+          f"(LM generating {scorer.seconds['generate']:.0f} s for {scorer.calls['generate']} prompts, scoring "
+          f"{scorer.seconds['score']:.0f} s for {scorer.calls['score']} texts); one SGP answer through "
+          f"`BundleQA.answer` (what `edgekd answer` runs after loading): {one_s:.2f} s.", ""]
+    out.write_text("\n".join(L) + "\n")
     print(out.read_text())
     return 0
 
