@@ -130,3 +130,24 @@ def lm_bundle(tmp_path_factory, tiny_lm_dir) -> pathlib.Path:
 
     return compile_causal_lm(tiny_lm_dir, tmp_path_factory.mktemp("bundles") / "lm", eval_texts=LM_CORPUS[:3],
                              precisions=("fp32", "int4"), block_size=32, parity_tokens=12)
+
+
+@pytest.fixture(scope="session")
+def rag_lm_bundle(tmp_path_factory, lm_bundle) -> pathlib.Path:
+    """``lm_bundle`` with a BM25 index of :data:`factories.LM_CORPUS` (ids p0..p5) in ``retrieval/``
+    and SGP settings ``{"k": 3}`` (directory + zip). The LM is random: its answers mean nothing."""
+    import json
+    import shutil
+
+    from factories import LM_CORPUS
+    from edgekd.runtime.bundle import write_manifest, write_zip
+    from edgekd.runtime.retrieval import BM25Index
+
+    out = tmp_path_factory.mktemp("bundles") / "rag"
+    shutil.copytree(lm_bundle, out)
+    BM25Index.build([f"p{i}" for i in range(len(LM_CORPUS))], LM_CORPUS).save(out / "retrieval")
+    m = json.loads((out / "manifest.json").read_text())
+    m["retrieval"] = {"dir": "retrieval", "sgp": {"k": 3}}
+    write_manifest(out, m)
+    write_zip(out, out.with_suffix(".zip"))
+    return out

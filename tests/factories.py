@@ -433,10 +433,12 @@ LM_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['c
                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, max_positions: int = 64) -> pathlib.Path:
-    """A random tiny Llama causal LM with a byte-level BPE tokenizer (trained on :data:`LM_CORPUS`,
-    special tokens <|endoftext|> = 0 = eos = pad, <|im_start|>, <|im_end|>) and a chat template,
-    saved as a Hugging Face directory (what ``edgekd compile-lm`` reads)."""
+def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, max_positions: int = 64,
+                        corpus: Sequence[str] | None = None, vocab_size: int = 300) -> pathlib.Path:
+    """A random tiny Llama causal LM with a byte-level BPE tokenizer (``vocab_size`` entries trained
+    on ``corpus``, default :data:`LM_CORPUS`; special tokens <|endoftext|> = 0 = eos = pad,
+    <|im_start|>, <|im_end|>) and a chat template, saved as a Hugging Face directory (what
+    ``edgekd compile-lm`` reads)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
@@ -444,9 +446,9 @@ def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, ma
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(LM_CORPUS * 4, trainer)
+    tok.train_from_iterator(list(corpus or LM_CORPUS) * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                    bos_token="<|endoftext|>")
     fast.chat_template = LM_CHAT_TEMPLATE
@@ -459,3 +461,28 @@ def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, ma
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
+
+
+def memorize_texts(model_dir: pathlib.Path, texts: Sequence[str], *, steps: int = 150, lr: float = 1e-2,
+                   seed: int = 0) -> pathlib.Path:
+    """Train the causal LM saved in ``model_dir`` (:func:`save_tiny_causal_lm`) until it knows
+    ``texts`` by heart (next-token loss on every token, one batch of all texts, Adam) and save
+    it back: a tiny LM with strong, known preferences (e.g. which paragraph answers a question)."""
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(model_dir)
+    return model_dir

@@ -54,7 +54,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="MatMulNBits activation type: 1 fp32 ... 4 int8 (builder default on CPU: 4)")
     lm.add_argument("--context-length", dest="context_length", type=int,
                     help="hard cap on prompt + generated tokens (default: the model's max_position_embeddings)")
-    lm.add_argument("--retrieval", dest="retrieval_dir", help="folder copied into the bundle as retrieval/")
+    lm.add_argument("--retrieval", dest="retrieval_dir", metavar="INDEX_DIR",
+                    help="retrieval index (edgekd qa index, with its paragraph texts) copied into the bundle as "
+                         "retrieval/: `edgekd answer BUNDLE QUESTION` answers from it")
+    lm.add_argument("--sgp-k", dest="sgp_k", type=int, help="with --retrieval: candidate paragraphs (default 5)")
+    lm.add_argument("--sgp-weight", dest="sgp_weight", type=float,
+                    help="with --retrieval: the retriever's share of the SGP score, 0..1 (default 0.5)")
+    lm.add_argument("--sgp-threshold", dest="sgp_threshold", type=float,
+                    help="with --retrieval: abstain below this SGP score (default: never abstain)")
+    lm.add_argument("--sgp-terms", dest="sgp_terms", help="with --retrieval: LM terms, question,answer (default both)")
+    lm.add_argument("--sgp-max-new-tokens", dest="sgp_max_new_tokens", type=int,
+                    help="with --retrieval: answer length cap in tokens (default 32)")
+    lm.add_argument("--prompt-style", dest="prompt_style", choices=["plain", "chat"],
+                    help="with --retrieval: QA prompt, plain 'Context: ... Question: ... Answer:' or the chat template "
+                         "(default: chat when the model has a template)")
+    lm.add_argument("--system", help="with --retrieval and the chat style: the system message of QA prompts "
+                                     "(default: the QA students' instruction)")
     lm.add_argument("--name")
     lm.add_argument("--no-zip", action="store_true")
     lm.add_argument("--overwrite", action="store_true")
@@ -109,6 +124,25 @@ def _compile_lm(args: argparse.Namespace) -> int:
                             precisions=tuple(p for p in args.precisions.split(",") if p), block_size=args.block_size,
                             accuracy_level=args.accuracy_level, context_length=args.context_length,
                             max_eval_tokens=args.max_eval_tokens, name=args.name, retrieval_dir=args.retrieval_dir,
-                            make_zip=not args.no_zip, overwrite=args.overwrite)
+                            sgp=_sgp_flags(args), make_zip=not args.no_zip, overwrite=args.overwrite)
     print(out)
     return 0
+
+
+def _sgp_flags(args: argparse.Namespace) -> dict | None:
+    """The SGP settings given on the command line (None: none given, the defaults)."""
+    given = {key: getattr(args, dest) for key, dest in (("k", "sgp_k"), ("weight", "sgp_weight"),
+                                                         ("threshold", "sgp_threshold"), ("terms", "sgp_terms"),
+                                                         ("max_new_tokens", "sgp_max_new_tokens"),
+                                                         ("prompt", "prompt_style"), ("system", "system"))
+             if getattr(args, dest) is not None}
+    if "terms" in given:
+        given["terms"] = [t.strip() for t in given["terms"].split(",") if t.strip()]
+    if given and not args.retrieval_dir:
+        raise EdgekdValueError(f"compile-lm: {', '.join('--' + _FLAG_NAMES[k] for k in given)} need "
+                               "--retrieval INDEX_DIR")
+    return given or None
+
+
+_FLAG_NAMES = {"k": "sgp-k", "weight": "sgp-weight", "threshold": "sgp-threshold", "terms": "sgp-terms",
+               "max_new_tokens": "sgp-max-new-tokens", "prompt": "prompt-style", "system": "system"}

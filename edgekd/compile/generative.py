@@ -130,18 +130,23 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
                       accuracy_level: int | None = None, context_length: int | None = None,
                       parity_prompts: Sequence[str] = DEFAULT_PARITY_PROMPTS, parity_tokens: int = 16,
                       max_eval_tokens: int = 256, name: str | None = None, retrieval_dir: str | os.PathLike | None = None,
-                      make_zip: bool = True, overwrite: bool = False, check_parity: bool = True) -> pathlib.Path:
+                      sgp: dict[str, Any] | None = None, make_zip: bool = True, overwrite: bool = False,
+                      check_parity: bool = True) -> pathlib.Path:
     """Export ``source`` into a generative bundle at ``out`` (see the module doc); returns ``out``.
 
     ``precisions``: any of fp32, int8, int4 (MatMulNBits weight-only, ``block_size`` weights per
     scale; ``accuracy_level`` 1..4 = the activations' type inside MatMulNBits, builder default 4 =
     int8 on CPU). ``context_length``: the hard cap the runtime enforces (default: the config's
-    ``max_position_embeddings``). ``retrieval_dir``: a folder copied to ``retrieval/`` and listed in
-    the manifest (read by :mod:`edgekd.runtime.retrieval`)."""
+    ``max_position_embeddings``). ``retrieval_dir``: a retrieval index folder
+    (:mod:`edgekd.runtime.retrieval`, saved with its paragraph texts: ``edgekd qa index``), copied
+    to ``retrieval/`` and listed in the manifest with the SGP settings ``sgp`` (keys and defaults:
+    :data:`edgekd.runtime.sgp.SGP_SETTING_KEYS`; ``prompt`` defaults to ``"chat"`` when the model
+    has a chat template), which ``GenerativeBundle.answer`` / ``edgekd answer`` use."""
     from edgekd.compile.pipeline import ParityError
     from edgekd.runtime.bundle import write_manifest, write_zip
     from edgekd.runtime.generative import GenerativeBundle
     from edgekd.runtime.manifest import GENERATIVE_TASK, SCHEMA_VERSION, BUNDLE_FORMAT
+    from edgekd.runtime.sgp import sgp_settings
 
     version = _builder_version()
     precisions = list(dict.fromkeys(precisions))
@@ -154,6 +159,11 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
         raise EdgekdValueError(f"accuracy_level: expected 1, 2, 3 or 4, got {accuracy_level!r}")
     if isinstance(eval_texts, str) or not eval_texts or not all(isinstance(t, str) and t.strip() for t in eval_texts):
         raise EdgekdValueError("eval_texts: a non-empty list of non-blank held-out texts is required (perplexity)")
+    if retrieval_dir is not None:
+        _check_retrieval_index(retrieval_dir)
+        sgp_settings(sgp, has_chat_template=True, what="sgp")  # bad settings fail before the export (chat: below)
+    elif sgp is not None:
+        raise EdgekdValueError("sgp: SGP settings need a retrieval index (retrieval_dir=, --retrieval INDEX_DIR)")
     out = pathlib.Path(out)
     if out.exists():
         if not overwrite:
@@ -228,7 +238,8 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
             "variants": variants,
         }
         if retrieval_dir is not None:
-            manifest["retrieval"] = {"dir": "retrieval"}
+            manifest["retrieval"] = {"dir": "retrieval", "sgp": sgp_settings(sgp, has_chat_template=template is not None,
+                                                                             what="sgp")}
         write_manifest(tmp_out, manifest)
         _measure(tmp_out, manifest, hf_dir, list(eval_texts), list(parity_prompts), parity_tokens, max_eval_tokens,
                  check_parity, GenerativeBundle, ParityError)
@@ -241,6 +252,20 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
         shutil.rmtree(work, ignore_errors=True)
         if "tmp_out" in locals() and tmp_out.exists():
             shutil.rmtree(tmp_out, ignore_errors=True)
+
+
+def _check_retrieval_index(folder: str | os.PathLike) -> None:
+    """``folder`` is a retrieval index (every file it lists verified) that holds its paragraph texts."""
+    from edgekd.runtime.retrieval import verify_index_files
+
+    try:
+        doc = verify_index_files(folder)
+    except EdgekdValueError as exc:
+        raise EdgekdValueError(f"compile-lm: --retrieval {folder}: not a usable retrieval index ({exc}); build one "
+                               "with `edgekd qa index` or edgekd.runtime.retrieval's build_index(...).save(DIR)") from None
+    if not doc.get("has_texts"):
+        raise EdgekdValueError(f"compile-lm: --retrieval {folder}: the index holds no paragraph texts, which the "
+                               "bundle answers from; rebuild it with them (keep_texts=True)")
 
 
 def _measure(bundle_dir: pathlib.Path, manifest: dict[str, Any], hf_dir: pathlib.Path, texts: list[str],

@@ -28,11 +28,11 @@ import torch
 
 from edgekd.errors import EdgekdValueError
 from edgekd.qa.types import Triplet
+from edgekd.runtime.sgp import QA_SYSTEM  # the one system line, shared with the bundles' chat prompts
 
 __all__ = ["QA_SYSTEM", "LOSS_ALIASES", "QAStudentConfig", "QAStudentResult", "qa_prompt", "qa_pairs", "encode_qa",
            "split_dev", "make_student", "train_qa_student", "answer", "resolve_loss"]
 
-QA_SYSTEM = "Answer the question with the exact words of the context: a short span, nothing else."
 LOSS_ALIASES = {"fkl": "forward_kl", "rkl": "reverse_kl", "sft": "ce"}
 
 

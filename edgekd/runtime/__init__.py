@@ -7,6 +7,7 @@ tokenizers only).
 >>> pred.labels, pred.probabilities, pred.explanations
 >>> from edgekd.runtime import GenerativeBundle      # causal-LM bundles (edgekd compile-lm)
 >>> GenerativeBundle.load("lm.zip", precision="int4").generate("Hello", max_new_tokens=16).text
+>>> GenerativeBundle.load("qa.zip").answer("Can I delete my data?")   # its own documents (compile-lm --retrieval)
 
 Nothing here imports torch or transformers (a test checks ``sys.modules`` in a subprocess).
 """

@@ -1,4 +1,4 @@
-"""``edgekd predict``, ``bench``, ``compare``, ``sign`` and ``verify`` (torch-free).
+"""``edgekd predict``, ``bench``, ``compare``, ``sign``, ``verify``, ``generate`` and ``answer`` (torch-free).
 
 User errors (a bad bundle, data file, key or flag) are :class:`~edgekd.errors.EdgekdError`
 subclasses; ``edgekd.cli.main`` prints them as one line and exits with code 2.
@@ -88,6 +88,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     cliflags.add_flags(g, "--seed", "--threads", seed=dict(default=None, help="sampling seed"),
                        threads=dict(default=None, help="onnxruntime intra-op threads"))
     g.set_defaults(func=_generate)
+
+    a = sub.add_parser("answer", help="answer a question from a generative bundle's own documents (retrieval + SGP, "
+                                      "torch-free runtime)")
+    a.add_argument("bundle", help="generative bundle directory or .zip compiled with `edgekd compile-lm --retrieval`")
+    a.add_argument("question", help="the question")
+    a.add_argument("--mode", default="sgp", choices=["sgp", "top1", "closed-book"],
+                   help="sgp (default): retriever and LM pick the paragraph; top1: the retriever's first; "
+                        "closed-book: no paragraph")
+    a.add_argument("--k", type=int, default=None, help="SGP candidate paragraphs (default: the bundle's setting)")
+    a.add_argument("--weight", type=float, default=None, help="SGP: the retriever's share, 0..1 (default: the bundle's)")
+    a.add_argument("--threshold", type=float, default=None, help="SGP: abstain below this score (default: the bundle's)")
+    a.add_argument("--terms", default=None, help="SGP: LM terms, comma-separated: question,answer (default: the "
+                                                 "bundle's)")
+    a.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
+                   help="answer length cap (default: the bundle's)")
+    a.add_argument("--precision", default="auto", choices=["auto", "int4", "int8", "fp32"])
+    a.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="PUB")
+    a.add_argument("--json", dest="json_out", action="store_true",
+                   help="print one JSON object: the answer, the paragraph and every candidate's scores")
+    from edgekd import cliflags
+
+    cliflags.add_flags(a, "--threads", threads=dict(default=None, help="onnxruntime intra-op threads"))
+    a.set_defaults(func=_answer)
 
     c = sub.add_parser("compare", help="DiXtill-style comparison table of several bundles against a baseline")
     c.add_argument("entries", nargs="+", help="BUNDLE[@precision[@target]] or a bench .json result")
@@ -273,4 +296,27 @@ def _generate(args: argparse.Namespace) -> int:
                               "decode_tokens_per_s": round(g.decode_tokens_per_s, 2)}, ensure_ascii=False))
         else:
             print(g.text)
+    return 0
+
+
+def _answer(args: argparse.Namespace) -> int:
+    from edgekd.runtime.generative import GenerativeBundle
+    from edgekd.runtime.preprocess import validate_texts
+
+    question = validate_texts([args.question])[0]  # undecodable argv bytes (surrogateescape) become U+FFFD
+    if not question.strip():
+        raise EdgekdValueError("answer: the question is empty")
+    lm = GenerativeBundle.load(args.bundle, precision=args.precision, threads=args.threads,
+                               trusted_keys=args.trusted_keys)
+    overrides = {k: getattr(args, k) for k in ("weight", "threshold", "terms", "max_new_tokens") if getattr(args, k) is not None}
+    r = lm.answer(question, args.mode, k=args.k, **overrides)
+    if args.json_out:
+        print(json.dumps({"mode": args.mode, **r.to_json()}, ensure_ascii=False, allow_nan=False))
+        return 0
+    if r.abstained:
+        print(f"(no answer: the best SGP score {r.score:.4g} is below the threshold)")
+    else:
+        print(r.answer)
+    if r.paragraph_id is not None:
+        print(f"paragraph: {r.paragraph_id}" + (f" (score {r.score:.4g})" if r.score is not None else ""))
     return 0

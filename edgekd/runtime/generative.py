@@ -14,8 +14,10 @@ input/output convention ``io``, the chat template file). One variant per weight 
 (``fp32``, ``int8``, ``int4``: MatMulNBits weight-only blocks), each an ONNX decoder written by
 onnxruntime-genai's model builder (``edgekd compile-lm``), with its ``genai_config.json``,
 ``block_size`` and a measured ``quality`` record (held-out perplexity and its delta to fp32).
-An optional ``retrieval/`` folder (manifest ``retrieval: {"dir": "retrieval"}``) is verified like
-every other file; :mod:`edgekd.runtime.retrieval` reads it (this module only exposes its path).
+An optional ``retrieval/`` folder (manifest ``retrieval: {"dir": "retrieval", "sgp": {...}}``, written
+by ``edgekd compile-lm --retrieval INDEX_DIR``) holds a retrieval index of the bundle's own documents,
+verified like every other file; ``answer(question)`` answers from it with the Selective Generative
+Paradigm (:mod:`edgekd.runtime.sgp`).
 
 **Engines.** ``engine="ort"`` (default): the decoder runs in a plain ``onnxruntime`` session and
 the KV loop is here in numpy (past key/values fed back each step, right-padded batches with one
@@ -337,6 +339,8 @@ class GenerativeBundle:
         except Exception as exc:  # tokenizers raises a plain Exception on a bad file
             raise BundleError(f"bundle: cannot read the tokenizer: {str(exc)[:300]}") from exc
         self._template = None
+        self._retrieval: pathlib.Path | None = None
+        self._qa: Any = None
         if self.gen.get("chat_template"):
             self._template = (root / self.gen["chat_template"]).read_text(encoding="utf-8")
         model_path = root / variant["file"]
@@ -372,10 +376,54 @@ class GenerativeBundle:
     # ------------------------------------------------------------------------------ prompts
     @property
     def retrieval_dir(self) -> pathlib.Path | None:
-        """The bundle's verified ``retrieval/`` folder (for :mod:`edgekd.runtime.retrieval`), or None.
-        Only set for bundle directories (a zip extracts the selected variant only)."""
+        """The bundle's ``retrieval/`` folder (read by :mod:`edgekd.runtime.retrieval`), or None when
+        the bundle has none. Its files are checked against the manifest's sha256 on first use: in a
+        bundle directory they are hashed again (they may have changed since the load), from a zip
+        they are extracted into the bundle's temporary folder, hashed while written."""
         r = self.manifest.get("retrieval")
-        return self.root / r["dir"] if r and self._tmpdir is None else None
+        if not r:
+            return None
+        if self._retrieval is None:
+            from edgekd.runtime.bundle import sha256_file
+            from edgekd.runtime.manifest import check_relpath
+
+            folder = check_relpath(r["dir"], "retrieval.dir")
+            files = self.manifest["files"]
+            names = [rel for rel in files if rel.startswith(folder + "/")]
+            if self._tmpdir is None:
+                for rel in names:
+                    p = self.root / rel
+                    if p.is_symlink() or not p.is_file():
+                        raise BundleError(f"bundle: retrieval file {rel!r} is missing or a link")
+                    if p.stat().st_size != files[rel]["size"] or sha256_file(p) != files[rel]["sha256"]:
+                        raise BundleError(f"bundle: checksum mismatch for {rel!r}: the file was changed or corrupted")
+            else:
+                _extract_extra(self.source, self.manifest, [n for n in names if not (self.root / n).exists()],
+                               self.root)
+            self._retrieval = self.root / folder
+        return self._retrieval
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    def render_chat(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        """Chat ``messages`` rendered with the bundle's chat template (the prompt text)."""
+        if self._template is None:
+            raise EdgekdValueError("messages: this bundle has no chat template; pass a prompt string")
+        special = {k: self._token_text(self.gen.get(k + "_id")) for k in ("bos_token", "eos_token")}
+        return render_chat(self._template, messages, special, add_generation_prompt)
+
+    def answer(self, question: str, mode: str = "sgp", *, k: int | None = None, **overrides: Any):
+        """Answer ``question`` from the bundle's own documents (its ``retrieval/`` index and SGP
+        settings, ``edgekd compile-lm --retrieval``): ``mode`` ``"sgp"``, ``"top1"`` or
+        ``"closed-book"`` -> :class:`edgekd.runtime.sgp.QAResult` (see :class:`edgekd.runtime.sgp.BundleQA`;
+        ``overrides``: ``weight``, ``threshold``, ``terms``, ``max_new_tokens``)."""
+        if self._qa is None:
+            from edgekd.runtime.sgp import BundleQA
+
+            self._qa = BundleQA(self)
+        return self._qa.answer(question, mode, k=k, **overrides)
 
     def encode(self, prompt: str | Messages) -> list[int]:
         """Token ids of a prompt string (the tokenizer's special tokens added as the model's own
@@ -384,11 +432,7 @@ class GenerativeBundle:
             if not prompt:
                 raise EdgekdValueError("prompt: empty string; give some text or chat messages")
             return list(self.tokenizer.encode(prompt, add_special_tokens=True).ids)
-        if self._template is None:
-            raise EdgekdValueError("messages: this bundle has no chat template; pass a prompt string")
-        special = {k: self._token_text(self.gen.get(k + "_id")) for k in ("bos_token", "eos_token")}
-        text = render_chat(self._template, prompt, special)
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return list(self.tokenizer.encode(self.render_chat(prompt), add_special_tokens=False).ids)
 
     def _token_text(self, tid: int | None) -> str:
         return "" if tid is None else (self.tokenizer.id_to_token(tid) or "")

@@ -252,6 +252,14 @@ def _validate_generation(m: dict[str, Any], files: dict[str, Any]) -> None:
         folder = check_relpath(_str(_required(r, "dir", "retrieval."), "retrieval.dir"), "retrieval.dir")
         if not any(rel.startswith(folder + "/") for rel in files):
             raise BundleError(f"bundle: retrieval.dir {folder!r} holds no file listed in the manifest")
+        if r.get("sgp") is not None:  # the SGP settings of `edgekd answer` (edgekd.runtime.sgp)
+            from edgekd.errors import EdgekdValueError
+            from edgekd.runtime.sgp import sgp_settings
+
+            try:
+                sgp_settings(r["sgp"], has_chat_template=g.get("chat_template") is not None)
+            except EdgekdValueError as exc:
+                raise BundleError(f"manifest: {exc}") from None
     for k, v in enumerate(m["variants"]):
         if v.get("genai_config") is not None:
             rel = _str(v["genai_config"], f"variants[{k}].genai_config")

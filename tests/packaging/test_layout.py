@@ -80,7 +80,7 @@ def test_cli_works_without_the_sdk_modules():
     )
     r = subprocess.run([sys.executable, "-c", code, *sdk], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(sorted(["bench", "compare", "generate", "predict", "sign", "verify"]))
+    assert r.stdout.strip() == str(sorted(["answer", "bench", "compare", "generate", "predict", "sign", "verify"]))
 
 
 def test_cli_skips_an_absent_command_module_but_raises_a_broken_one(monkeypatch):

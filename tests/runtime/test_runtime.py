@@ -35,9 +35,10 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ("torch", "
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
 
 
-def test_cli_works_without_torch(student_bundle, tmp_path):
+def test_cli_works_without_torch(student_bundle, rag_lm_bundle, tmp_path):
     """With torch and transformers made unimportable (as on a device with only edgekd[runtime]),
-    ``edgekd predict`` and ``edgekd bench`` still work."""
+    ``edgekd predict``, ``edgekd bench`` and ``edgekd answer`` (a generative bundle's retrieval
+    index + SGP) still work, and none of them imports torch."""
     code = f"""
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
@@ -49,10 +50,17 @@ from edgekd.cli import main
 assert main(["predict", {str(student_bundle)!r}, "oil prices slump"]) == 0
 assert main(["bench", {str(student_bundle)!r}, "--batches", "1", "--min-time", "0.01",
              "--json", {str(tmp_path / "r.json")!r}]) == 0
+assert main(["answer", {str(rag_lm_bundle.with_suffix(".zip"))!r}, "What fell?", "--json", "--max-new-tokens", "4"]) == 0
+print(sorted(m for m in sys.modules if m.split('.')[0] in ("torch", "transformers", "onnx", "safetensors")))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r.json").read_text())["latency"]["1"]["p50_ms"] > 0
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == "[]"
+    answer = json.loads(lines[-2])
+    assert answer["mode"] == "sgp" and answer["paragraph_id"] in [f"p{i}" for i in range(6)]
+    assert len(answer["candidates"]) == 3
 
 
 def test_predict_outputs(student_bundle):
