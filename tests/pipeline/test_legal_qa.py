@@ -215,6 +215,7 @@ def test_run_end_to_end_then_resume_and_restart(tmp_path, policyqa, tiny_models,
     assert len({tuple(r["questions"]) for r in sgp.values()}) == 1 and sgp["sgp"]["n"] == 4
     assert "Does the company share my data?" not in sgp["sgp"]["questions"]
     assert sgp["sgp"]["selection"]["dropped_template"] == 18
+    assert sgp["sgp"]["retrieval"]["top10"] == 100.0 and sgp["sgp"]["sgp"] == {"k": 3, "weight": 0.3, "terms": ["answer"]}
     assert sgp["sgp-oracle"]["paragraphs"] == sgp["sgp-oracle"]["gold_paragraphs"]
     assert all(len(c) == 3 for c in sgp["sgp"]["candidates"])
     md = (out / "results.md").read_text()
