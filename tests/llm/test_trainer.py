@@ -32,11 +32,14 @@ def _params(m):
 
 @pytest.mark.parametrize("loss", ["ce", "forward_kl"])
 def test_grad_accumulation_takes_the_step_of_the_whole_batch(make_llama, loss):
-    teacher = make_llama(seed=5) if loss != "ce" else None
+    # float64: AdamW divides by sqrt(v), so in fp32 a near-zero gradient summed in another order
+    # (micro-batches) can move a weight by ~1e-5 on one CPU and not on another; in float64 the orders
+    # agree to ~1e-12, while a wrong accumulation scale is still off by orders of magnitude more
+    teacher = make_llama(seed=5).double() if loss != "ce" else None
     data = _data()
     outs = []
     for bs, acc in ((8, 1), (4, 2), (2, 4), (3, 3)):  # (3, 3): micro-batches of 3, 3, 2
-        s = make_llama(seed=1)
+        s = make_llama(seed=1).double()
         r = train_causal_lm(s, data, teacher=teacher, config=_cfg(loss, batch_size=bs, grad_accum=acc), progress=False)
         outs.append((_params(s), r.loop.losses[0]))
     for params, l0 in outs[1:]:
@@ -64,9 +67,12 @@ def test_kd_against_itself_is_zero_and_cached_teacher_matches_model(make_llama):
     r = train_causal_lm(s, data, teacher=teacher, config=_cfg("forward_kl"), progress=False)
     assert abs(r.loop.losses[0]) < 1e-6
     # a teacher callable (cached logits, the teacher run once) takes the same steps as the model
+    # float64 (see test_grad_accumulation_takes_the_step_of_the_whole_batch): the cached logits come
+    # from one batch of 8, the live teacher's from micro-batches of 2, which differ in fp32 rounding
+    teacher = teacher.double()
     with torch.no_grad():
         cached = teacher(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits[:, :-1]
-    a, b = make_llama(seed=2), make_llama(seed=2)
+    a, b = make_llama(seed=2).double(), make_llama(seed=2).double()
     cfg = _cfg("reverse_kl", batch_size=2, grad_accum=2, steps=2, temperature=2.0)
     ra = train_causal_lm(a, data, teacher=teacher, config=cfg, progress=False)
     rb = train_causal_lm(b, data, teacher=lambda idx: cached[idx], config=copy.deepcopy(cfg), progress=False)
@@ -148,21 +154,21 @@ def test_bad_inputs(make_llama):
 
 def test_sparse_cache_runs_the_teacher_once(tmp_path, make_llama):
     data = _data()
-    teacher = make_llama(seed=5)
+    teacher = make_llama(seed=5).double()  # float64: see test_grad_accumulation_takes_the_step_of_the_whole_batch
     calls = []
     teacher.register_forward_hook(lambda m, a, o: calls.append(1))
     cfg = _cfg("forward_kl", batch_size=2, grad_accum=2, steps=4)  # 2 epochs over 8 sequences
     cfg.cache_topk, cfg.eval_batch_size = 48, 4  # k = V: the sparse teacher is exact
-    a = make_llama(seed=1)
+    a = make_llama(seed=1).double()
     ra = train_causal_lm(a, data, teacher=teacher, config=cfg, cache_dir=str(tmp_path), progress=False)
     assert len(calls) == 2  # 8 sequences in teacher batches of 4, once, not once per micro-batch
-    b = make_llama(seed=1)
+    b = make_llama(seed=1).double()
     rb = train_causal_lm(b, data, teacher=teacher, config=copy.deepcopy(cfg), progress=False)  # dense, every step
     assert len(calls) == 2 + 8
     assert ra.loop.losses == pytest.approx(rb.loop.losses, rel=1e-5)
     for x, y in zip(_params(a), _params(b)):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
-    c = make_llama(seed=1)  # a second run reads the finished cache: no teacher pass at all
+    c = make_llama(seed=1).double()  # a second run reads the finished cache: no teacher pass at all
     train_causal_lm(c, data, teacher=teacher, config=copy.deepcopy(cfg), cache_dir=str(tmp_path), progress=False)
     assert len(calls) == 2 + 8
 
