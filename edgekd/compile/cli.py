@@ -54,9 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="MatMulNBits activation type: 1 fp32, 2 fp16, 3 bf16, 4 int8 (builder default on CPU: 4)")
     lm.add_argument("--quant-method", dest="quant_method",
                     help="int8/int4 weight rounding (the builder's algo_config): default (onnxruntime's MLAS "
-                         "round-to-nearest), rtn, k_quant (default: rtn for int4, default for int8)")
-    lm.add_argument("--asymmetric", action="store_true",
-                    help="int8/int4 weights with a zero point per block (not with --quant-method default)")
+                         "round-to-nearest), rtn, k_quant (default: rtn for int4 and asymmetric int8, default for "
+                         "symmetric int8)")
+    sym = lm.add_mutually_exclusive_group()
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false", default=None,
+                     help="int8/int4 weights with a zero point per block (not with --quant-method default; "
+                          "default for int4)")
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                     help="no zero points (default for int8)")
     lm.add_argument("--int8-matmuls", dest="int8_matmuls",
                     help="comma-separated MatMul groups the int4 variant keeps at int8: last_matmul (the LM head, "
                          "and the embedding tied to it), mixed_layers; 'none': all int4 (default: last_matmul)")
@@ -115,7 +120,7 @@ def _compile_lm(args: argparse.Namespace) -> int:
                                    label_column=None)[0] if t.strip()]
     out = compile_causal_lm(args.source, args.out, eval_texts=texts,
                             precisions=tuple(p for p in args.precisions.split(",") if p), block_size=args.block_size,
-                            accuracy_level=args.accuracy_level, symmetric=not args.asymmetric,
+                            accuracy_level=args.accuracy_level, symmetric=args.symmetric,
                             quant_method=args.quant_method,
                             int8_matmuls=None if args.int8_matmuls is None else
                             tuple(g for g in args.int8_matmuls.split(",") if g and g != "none"),

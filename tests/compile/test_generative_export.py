@@ -31,9 +31,12 @@ def test_manifest_records_quality_and_parity(lm_bundle):
     assert fp32["parity"]["greedy_identical"] is True
     w = int4["weights"]
     assert w["bits"] == 4 and w["block_size"] == 32
-    # the recorded knobs are the int4 defaults (tuned: benchmarks/results/int4_tuning.md), and what
-    # the graph holds is read from the graph itself: the LM head and the embedding tied to it at
-    # 8 bits, every other MatMul at 4, at the builder's default accuracy level on CPU, 4 (int8 activations)
+    # the recorded knobs are the int4 defaults (tuned: benchmarks/results/int4_tuning.md) except the
+    # zero points: this model's intermediate size 96 is not a multiple of 2 x 32, so the default fell
+    # back to symmetric and says why. What the graph holds is read from the graph itself: the LM head
+    # and the embedding tied to it at 8 bits, every other MatMul at 4, at the builder's default
+    # accuracy level on CPU, 4 (int8 activations)
+    assert "'intermediate_size': 96" in w["note"]
     assert w["symmetric"] is True and w["method"] == "rtn" and w["int8_matmuls"] == ["last_matmul"]
     assert w["accuracy_level"] == 4 and w["graph"]["accuracy_levels"] == [4]
     assert w["graph"]["matmul_nbits"] == {"4": 10, "8": 1}  # 2 layers x (qkv, o, gate, up, down) at 4; the LM head
@@ -101,15 +104,29 @@ def lm128_dir(tmp_path_factory):
 
 
 def test_quantization_defaults_resolve_per_precision():
-    # int4: rtn with the LM head at int8; int8: the builder's default quantizer, nothing to upgrade
-    assert resolve_quantization(["fp32", "int8", "int4"]) == {"int8": ("default", []),
-                                                             "int4": ("rtn", ["last_matmul"])}
+    def r(*a, **k):
+        return {p: (q["method"], q["int8_matmuls"], q["symmetric"], q["note"] is not None)
+                for p, q in resolve_quantization(*a, **k).items()}
+
+    # int4: asymmetric rtn with the LM head at int8; int8: the builder's symmetric default quantizer
+    assert r(["fp32", "int8", "int4"]) == {"int8": ("default", [], True, False),
+                                           "int4": ("rtn", ["last_matmul"], False, False)}
     # asymmetric int8 needs rtn (the default quantizer cannot); explicit values win; () = all int4
-    assert resolve_quantization(["int8"], symmetric=False) == {"int8": ("rtn", [])}
-    assert resolve_quantization(["int4"], quant_method="k_quant", int8_matmuls=()) == {"int4": ("k_quant", [])}
-    assert resolve_quantization(["int4"], int8_matmuls="mixed_layers,last_matmul,last_matmul") == \
-        {"int4": ("rtn", ["mixed_layers", "last_matmul"])}
-    assert resolve_quantization(["fp32"]) == {}
+    assert r(["int8"], symmetric=False) == {"int8": ("rtn", [], False, False)}
+    assert r(["int4"], quant_method="k_quant", int8_matmuls=()) == {"int4": ("k_quant", [], False, False)}
+    assert r(["int4"], True, int8_matmuls="mixed_layers,last_matmul,last_matmul") == \
+        {"int4": ("rtn", ["mixed_layers", "last_matmul"], True, False)}
+    assert r(["fp32"]) == {}
+    assert r(["int4"], quant_method="default", int8_matmuls=()) == {"int4": ("default", [], True, False)}  # old default
+    # int4 zero points need K % (2 x block_size) == 0: the default falls back to symmetric (with a
+    # note), an explicit asymmetric or k_quant request is refused, symmetric rtn is fine
+    dims = {"hidden_size": 64, "intermediate_size": 96}
+    assert r(["int4"], k_dims=dims) == {"int4": ("rtn", ["last_matmul"], True, True)}
+    assert r(["int4"], k_dims=dims, block_size=16) == {"int4": ("rtn", ["last_matmul"], False, False)}
+    assert r(["int4"], True, "rtn", k_dims=dims) == {"int4": ("rtn", ["last_matmul"], True, False)}
+    for kw in ({"symmetric": False}, {"quant_method": "k_quant"}):
+        with pytest.raises(EdgekdValueError, match="'intermediate_size': 96"):
+            resolve_quantization(["int4"], k_dims=dims, **kw)
 
 
 def test_old_default_int4_is_still_reachable(tiny_lm_dir, tmp_path):
@@ -143,7 +160,7 @@ def test_int4_knobs_reach_the_graph_and_the_manifest(lm128_dir, tmp_path):
     (v,) = m["variants"]
     w = v["weights"]
     assert (w["method"], w["int8_matmuls"], w["accuracy_level"]) == ("k_quant", ["last_matmul"], 1)
-    assert w["builder_options"] == ["block_size=32", "accuracy_level=1", "algo_config=k_quant",
+    assert w["builder_options"] == ["block_size=32", "accuracy_level=1", "is_symmetric=false", "algo_config=k_quant",
                                     "matmul_mixed_precision=last_matmul:int8"]
     # the graph itself: the LM head (and the embedding it is tied to) at 8 bits, the rest at 4, all at level 1
     bits = _node_bits(b / v["file"])
@@ -161,13 +178,16 @@ def test_int4_knobs_reach_the_graph_and_the_manifest(lm128_dir, tmp_path):
     assert len(lm.generate("The quick brown fox", max_new_tokens=5, ignore_eos=True).token_ids) == 5
 
 
-def test_asymmetric_rtn_writes_zero_points(lm128_dir, tmp_path):
-    b = compile_causal_lm(lm128_dir, tmp_path / "b", eval_texts=LM_CORPUS[:2], precisions=("int8",),
-                          quant_method="rtn", symmetric=False, parity_tokens=4, make_zip=False)
+def test_int4_default_is_asymmetric_rtn_with_an_int8_head(lm128_dir, tmp_path):
+    b = compile_causal_lm(lm128_dir, tmp_path / "b", eval_texts=LM_CORPUS[:2], precisions=("int4",), parity_tokens=4,
+                          make_zip=False)
     (v,) = json.loads((b / "manifest.json").read_text())["variants"]
     w = v["weights"]
-    assert w["symmetric"] is False and w["scheme"] == "MatMulNBits weight-only, asymmetric"
-    assert w["graph"]["zero_points"] is True and w["graph"]["matmul_nbits"] == {"8": 11}
+    assert (w["method"], w["symmetric"], w["int8_matmuls"]) == ("rtn", False, ["last_matmul"]) and "note" not in w
+    assert w["scheme"] == "MatMulNBits weight-only, asymmetric"
+    assert w["builder_options"] == ["block_size=32", "is_symmetric=false", "algo_config=rtn",
+                                    "matmul_mixed_precision=last_matmul:int8"]
+    assert w["graph"]["zero_points"] is True and w["graph"]["matmul_nbits"] == {"4": 10, "8": 1}
     assert w["graph"]["accuracy_levels"] == [4] and w["accuracy_level"] == 4  # not given: the builder's CPU default
     assert np.isfinite(v["quality"]["perplexity"])
 
@@ -175,6 +195,7 @@ def test_asymmetric_rtn_writes_zero_points(lm128_dir, tmp_path):
 @pytest.mark.parametrize("kw, msg", [
     ({"quant_method": "gptq"}, "quant_method"),
     ({"symmetric": "no"}, "symmetric"),
+    ({"quant_method": "k_quant"}, "'intermediate_size': 96"),  # K = 96: int4 zero points cannot be packed
     ({"int8_matmuls": ("lm_head",)}, "int8_matmuls"),
     ({"int8_matmuls": ("last_matmul",), "precisions": ("fp32", "int8")}, "no int4"),
     ({"symmetric": False, "quant_method": "default"}, "'rtn' or 'k_quant'"),
