@@ -388,8 +388,7 @@ def heldout(args) -> None:
     ref = res["fp32"]["perplexity"]
     lines = [f"Held-out check ({started}, load average before {load_start}, after {load()}): perplexity on the first "
              f"{len(texts)} IMDB test reviews (`<br />` removed), each cut to {args.heldout_tokens} tokens "
-             f"({res['fp32']['tokens']} scored tokens), the held-out text of `bench_generative.py`; nothing was "
-             f"chosen on it. Command: `OMP_NUM_THREADS=1 nice -n 19 python benchmarks/int4_tuning.py --heldout-only`.",
+             f"({res['fp32']['tokens']} scored tokens), the held-out text of `bench_generative.py`. Command: `OMP_NUM_THREADS=1 nice -n 19 python benchmarks/int4_tuning.py --heldout-only`.",
              "", "| config | held-out ppl | delta vs fp32 |", "|---|---|---|"]
     for name, r in res.items():
         lines.append(f"| {name} | {r['perplexity']:.2f} | {(r['perplexity'] / ref - 1) * 100:+.1f} % |")
