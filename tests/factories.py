@@ -434,7 +434,8 @@ LM_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['c
 
 
 def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, max_positions: int = 64,
-                        corpus: Sequence[str] | None = None, vocab_size: int = 300) -> pathlib.Path:
+                        corpus: Sequence[str] | None = None, vocab_size: int = 300,
+                        intermediate_size: int = 96) -> pathlib.Path:
     """A random tiny Llama causal LM with a byte-level BPE tokenizer (``vocab_size`` entries trained
     on ``corpus``, default :data:`LM_CORPUS`; special tokens <|endoftext|> = 0 = eos = pad,
     <|im_start|>, <|im_end|>) and a chat template, saved as a Hugging Face directory (what
@@ -452,7 +453,8 @@ def save_tiny_causal_lm(out: pathlib.Path, *, layers: int = 2, seed: int = 0, ma
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                    bos_token="<|endoftext|>")
     fast.chat_template = LM_CHAT_TEMPLATE
-    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=intermediate_size,
+                      num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=max_positions,
                       tie_word_embeddings=True, initializer_range=0.2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(seed)

@@ -50,8 +50,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--max-eval-tokens", dest="max_eval_tokens", type=int, default=256, help="tokens scored per text")
     lm.add_argument("--precisions", default="fp32,int8,int4")
     lm.add_argument("--block-size", dest="block_size", type=int, default=32, help="weights per scale of int8/int4 (16..256)")
-    lm.add_argument("--accuracy-level", dest="accuracy_level", type=int, choices=[1, 2, 3, 4],
-                    help="MatMulNBits activation type: 1 fp32 ... 4 int8 (builder default on CPU: 4)")
+    lm.add_argument("--accuracy-level", dest="accuracy_level", type=int,
+                    help="MatMulNBits activation type: 1 fp32, 2 fp16, 3 bf16, 4 int8 (builder default on CPU: 4)")
+    lm.add_argument("--quant-method", dest="quant_method",
+                    help="int8/int4 weight rounding (the builder's algo_config): default (onnxruntime's MLAS "
+                         "round-to-nearest), rtn, k_quant (default: rtn for int4 and asymmetric int8, default for "
+                         "symmetric int8)")
+    sym = lm.add_mutually_exclusive_group()
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false", default=None,
+                     help="int8/int4 weights with a zero point per block (not with --quant-method default; "
+                          "default for int4)")
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                     help="no zero points (default for int8)")
+    lm.add_argument("--int8-matmuls", dest="int8_matmuls",
+                    help="comma-separated MatMul groups the int4 variant keeps at int8: last_matmul (the LM head, "
+                         "and the embedding tied to it), mixed_layers; 'none': all int4 (default: last_matmul)")
     lm.add_argument("--context-length", dest="context_length", type=int,
                     help="hard cap on prompt + generated tokens (default: the model's max_position_embeddings)")
     lm.add_argument("--retrieval", dest="retrieval_dir", metavar="INDEX_DIR",
@@ -122,7 +135,11 @@ def _compile_lm(args: argparse.Namespace) -> int:
                                    label_column=None)[0] if t.strip()]
     out = compile_causal_lm(args.source, args.out, eval_texts=texts,
                             precisions=tuple(p for p in args.precisions.split(",") if p), block_size=args.block_size,
-                            accuracy_level=args.accuracy_level, context_length=args.context_length,
+                            accuracy_level=args.accuracy_level, symmetric=args.symmetric,
+                            quant_method=args.quant_method,
+                            int8_matmuls=None if args.int8_matmuls is None else
+                            tuple(g for g in args.int8_matmuls.split(",") if g and g != "none"),
+                            context_length=args.context_length,
                             max_eval_tokens=args.max_eval_tokens, name=args.name, retrieval_dir=args.retrieval_dir,
                             sgp=_sgp_flags(args), make_zip=not args.no_zip, overwrite=args.overwrite)
     print(out)

@@ -37,6 +37,18 @@ from edgekd.errors import EdgekdValueError
 
 LM_PRECISIONS = ("fp32", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+# the builder's weight-only quantization knobs (``--extra_options`` of onnxruntime-genai's builder):
+# ``algo_config`` base method, and the MatMul groups ``matmul_mixed_precision`` can keep at int8
+# inside an int4 model (last_matmul: the LM head, with a tied embedding also the embedding table;
+# mixed_layers: llama.cpp's "mixed" choice, qkv/v/down projections of the first and last eighth of
+# the layers and of every third layer)
+QUANT_METHODS = ("default", "rtn", "k_quant")
+INT8_MATMUL_GROUPS = ("last_matmul", "mixed_layers")
+# the int4 defaults, tuned on a dev split (benchmarks/int4_tuning.py, benchmarks/results/int4_tuning.md)
+INT4_DEFAULT_METHOD = "rtn"
+INT4_DEFAULT_SYMMETRIC = False
+INT4_DEFAULT_INT8_MATMULS = ("last_matmul",)
+ACCURACY_LEVELS = (1, 2, 3, 4)
 DEFAULT_PARITY_PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,")
 
 
@@ -66,16 +78,32 @@ def resolve_hf_dir(source: str | os.PathLike, workdir: pathlib.Path) -> pathlib.
     raise EdgekdValueError(f"compile-lm: {source} is neither a model directory nor a .gguf file")
 
 
-def run_builder(hf_dir: pathlib.Path, out: pathlib.Path, precision: str, cache: pathlib.Path, *,
-                block_size: int = 32, accuracy_level: int | None = None) -> pathlib.Path:
-    """Run onnxruntime-genai's model builder for one precision on CPU; returns ``out``."""
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
-           "-p", precision, "-e", "cpu", "-c", str(cache)]
+def builder_options(precision: str, *, block_size: int = 32, accuracy_level: int | None = None,
+                    symmetric: bool = True, quant_method: str = "default",
+                    int8_matmuls: Sequence[str] = ()) -> list[str]:
+    """The builder's ``--extra_options`` (KEY=VALUE) for one precision (the knobs above; fp32: none)."""
     extra = ["hf_token=false"]
     if precision in ("int4", "int8"):
         extra.append(f"block_size={block_size}")
         if accuracy_level is not None:
             extra.append(f"accuracy_level={accuracy_level}")
+        if not symmetric:
+            extra.append("is_symmetric=false")
+        if quant_method != "default":
+            extra.append(f"algo_config={quant_method}")
+        if precision == "int4" and int8_matmuls:
+            extra.append("matmul_mixed_precision=" + ",".join(f"{g}:int8" for g in int8_matmuls))
+    return extra
+
+
+def run_builder(hf_dir: pathlib.Path, out: pathlib.Path, precision: str, cache: pathlib.Path, *,
+                block_size: int = 32, accuracy_level: int | None = None, symmetric: bool = True,
+                quant_method: str = "default", int8_matmuls: Sequence[str] = ()) -> pathlib.Path:
+    """Run onnxruntime-genai's model builder for one precision on CPU; returns ``out``."""
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
+           "-p", precision, "-e", "cpu", "-c", str(cache)]
+    extra = builder_options(precision, block_size=block_size, accuracy_level=accuracy_level, symmetric=symmetric,
+                            quant_method=quant_method, int8_matmuls=int8_matmuls)
     cmd += ["--extra_options", *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -84,6 +112,37 @@ def run_builder(hf_dir: pathlib.Path, out: pathlib.Path, precision: str, cache: 
         raise EdgekdValueError(f"compile-lm: onnxruntime-genai's builder failed for {precision} (exit "
                                f"{r.returncode}): {' | '.join(tail)[-1500:]}")
     return out
+
+
+def quantized_graph_summary(model_path: str | os.PathLike) -> dict[str, Any]:
+    """What the built graph really holds (read from its node attributes, weights not loaded):
+    ``matmul_nbits``: count of MatMulNBits nodes per bit width, ``accuracy_levels``: the distinct
+    ``accuracy_level`` attributes of those nodes (4: int8 activations), ``block_sizes``, ``zero_points``:
+    whether any node carries zero points (asymmetric), ``embedding``: the embedding lookup
+    (``GatherBlockQuantized int4`` / ``int8``, or ``Gather`` = float), ``float_matmuls``: MatMul
+    nodes left in float (attention score products excluded: those are fused into GroupQueryAttention)."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    nbits: dict[str, int] = {}
+    levels, blocks, zp, emb, float_mm = set(), set(), False, None, 0
+    for n in m.graph.node:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        if n.op_type == "MatMulNBits":
+            key = str(int(a.get("bits", 4)))
+            nbits[key] = nbits.get(key, 0) + 1
+            levels.add(int(a.get("accuracy_level", 0)))
+            blocks.add(int(a["block_size"]))
+            zp |= len(n.input) > 3 and bool(n.input[3])
+        elif n.op_type == "GatherBlockQuantized" and "embed" in n.name:
+            emb = f"GatherBlockQuantized int{int(a.get('bits', 4))}"
+            zp |= len(n.input) > 3 and bool(n.input[3])
+        elif n.op_type == "Gather" and "embed_tokens" in n.name and emb is None:
+            emb = "Gather"
+        elif n.op_type == "MatMul":
+            float_mm += 1
+    return {"matmul_nbits": dict(sorted(nbits.items())), "accuracy_levels": sorted(levels),
+            "block_sizes": sorted(blocks), "zero_points": bool(zp), "embedding": emb, "float_matmuls": float_mm}
 
 
 def _torch_reference(hf_dir: pathlib.Path):
@@ -125,9 +184,82 @@ def _eos_ids(cfg: dict[str, Any], gen_cfg: dict[str, Any]) -> list[int]:
     return sorted({int(e) for e in eos})
 
 
+def matmul_input_dims(cfg: dict[str, Any]) -> dict[str, int]:
+    """The reduction sizes K of a decoder's MatMuls (from a Hugging Face ``config.json``): hidden
+    size (q/k/v, gate/up and the LM head), attention width (o_proj), intermediate size (down_proj)."""
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg.get("num_attention_heads") or 1)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    dims = {"hidden_size": hidden, "num_attention_heads x head_dim": heads * head_dim}
+    if cfg.get("intermediate_size"):
+        dims["intermediate_size"] = int(cfg["intermediate_size"])
+    return dims
+
+
+def resolve_quantization(precisions: Sequence[str], symmetric: bool | None = None, quant_method: str | None = None,
+                         int8_matmuls: Sequence[str] | str | None = None, *, block_size: int = 32,
+                         k_dims: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """``{precision: {"method", "int8_matmuls", "symmetric", "note"}}`` for the int8/int4 entries of
+    ``precisions``: the defaults of :func:`compile_causal_lm` applied, and the combinations the
+    builder cannot export refused (:class:`EdgekdValueError`). ``k_dims``
+    (:func:`matmul_input_dims`): int4 zero points (asymmetric, or any ``k_quant``) are packed two a
+    byte along K, which the builder (0.18) only gets right when every K is a multiple of
+    ``2 * block_size``; the default then falls back to symmetric, an explicit request is refused."""
+    if symmetric is not None and not isinstance(symmetric, bool):
+        raise EdgekdValueError(f"symmetric: expected True, False or None, got {symmetric!r}")
+    if quant_method is not None and quant_method not in QUANT_METHODS:
+        raise EdgekdValueError(f"quant_method: expected one of {list(QUANT_METHODS)} or None, got {quant_method!r}")
+    if int8_matmuls is None:
+        groups = list(INT4_DEFAULT_INT8_MATMULS)
+    else:
+        if isinstance(int8_matmuls, str):
+            int8_matmuls = [g for g in int8_matmuls.split(",") if g]
+        groups = list(dict.fromkeys(int8_matmuls))
+        bad = [g for g in groups if g not in INT8_MATMUL_GROUPS]
+        if bad:
+            raise EdgekdValueError(f"int8_matmuls: expected some of {list(INT8_MATMUL_GROUPS)}, got {bad}")
+        if groups and "int4" not in precisions:
+            raise EdgekdValueError(f"int8_matmuls: keeps MatMul groups of the int4 variant at int8, but precisions "
+                                   f"{list(precisions)} has no int4")
+    odd = {k: v for k, v in (k_dims or {}).items() if v % (2 * block_size)}
+    quant: dict[str, dict[str, Any]] = {}
+    for prec in precisions:
+        if prec == "fp32":
+            continue
+        note = None
+        if prec == "int4":
+            method = quant_method or INT4_DEFAULT_METHOD
+            # not given: the tuned default (asymmetric), but the MLAS quantizer only exports symmetric
+            sym = (True if method == "default" else INT4_DEFAULT_SYMMETRIC) if symmetric is None else symmetric
+            if odd and (not sym or method == "k_quant"):
+                if symmetric is None and quant_method is None:
+                    sym, note = True, (f"symmetric: the default's zero points need every K to be a multiple of "
+                                       f"{2 * block_size}, and {odd} are not")
+                else:
+                    what = "k_quant" if method == "k_quant" else "symmetric=False"
+                    raise EdgekdValueError(
+                        f"{what}: int4 zero points need every MatMul's K to be a multiple of 2 x block_size = "
+                        f"{2 * block_size} (the builder packs them two a byte), but {odd} are not; use symmetric "
+                        f"rtn/default or another block_size")
+        else:
+            sym = True if symmetric is None else symmetric
+            method = quant_method or ("default" if sym else "rtn")
+        ups = groups if prec == "int4" else []
+        # the builder (0.18) writes graphs onnxruntime cannot load for these with its "default" (MLAS)
+        # quantizer: asymmetric int4 -> the tied embedding's Reshape gets uint8 data; an int8 LM head
+        # -> the tied embedding points at an initializer that was never written
+        if method == "default" and (not sym or ups):
+            what = "symmetric=False" if not sym else f"int8_matmuls={ups}"
+            raise EdgekdValueError(f"{what}: needs quant_method 'rtn' or 'k_quant' (the builder's 'default' "
+                                   f"quantizer writes a graph onnxruntime cannot load with it)")
+        quant[prec] = {"method": method, "int8_matmuls": ups, "symmetric": sym, "note": note}
+    return quant
+
+
 def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval_texts: Sequence[str],
                       precisions: Sequence[str] = LM_PRECISIONS, block_size: int = 32,
-                      accuracy_level: int | None = None, context_length: int | None = None,
+                      accuracy_level: int | None = None, symmetric: bool | None = None, quant_method: str | None = None,
+                      int8_matmuls: Sequence[str] | None = None, context_length: int | None = None,
                       parity_prompts: Sequence[str] = DEFAULT_PARITY_PROMPTS, parity_tokens: int = 16,
                       max_eval_tokens: int = 256, name: str | None = None, retrieval_dir: str | os.PathLike | None = None,
                       sgp: dict[str, Any] | None = None, make_zip: bool = True, overwrite: bool = False,
@@ -136,7 +268,18 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
 
     ``precisions``: any of fp32, int8, int4 (MatMulNBits weight-only, ``block_size`` weights per
     scale; ``accuracy_level`` 1..4 = the activations' type inside MatMulNBits, builder default 4 =
-    int8 on CPU). ``context_length``: the hard cap the runtime enforces (default: the config's
+    int8 on CPU). Weight quantization of int8/int4 (the builder's options): ``symmetric`` (False:
+    a zero point per block, uint4/uint8; None: asymmetric int4, symmetric int8), ``quant_method``
+    (one of :data:`QUANT_METHODS`: the builder's ``algo_config``; ``default`` (onnxruntime's MLAS
+    quantizer) and ``rtn`` round to nearest, ``k_quant`` searches each block's scale and zero point;
+    None: ``rtn`` for int4 and for asymmetric int8, ``default`` for symmetric int8),
+    ``int8_matmuls`` (int4 only: MatMul groups of :data:`INT8_MATMUL_GROUPS` kept at int8; None:
+    the LM head, ``("last_matmul",)``; ``()``: none). The int4 default (asymmetric rtn, LM head at
+    int8) was picked on a dev split (``benchmarks/results/int4_tuning.md``); where a MatMul's K is
+    not a multiple of ``2 * block_size`` the builder cannot pack int4 zero points, and the default
+    falls back to symmetric (:func:`resolve_quantization`). Every variant records its settings and
+    what its graph really holds (:func:`quantized_graph_summary`) in ``variants[k].weights``.
+    ``context_length``: the hard cap the runtime enforces (default: the config's
     ``max_position_embeddings``). ``retrieval_dir``: a retrieval index folder
     (:mod:`edgekd.runtime.retrieval`, saved with its paragraph texts: ``edgekd qa index``), copied
     to ``retrieval/`` and listed in the manifest with the SGP settings ``sgp`` (keys and defaults:
@@ -155,8 +298,10 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
         raise EdgekdValueError(f"precisions: expected some of {list(LM_PRECISIONS)}, got {list(precisions)}")
     if block_size not in BLOCK_SIZES:
         raise EdgekdValueError(f"block_size: expected one of {list(BLOCK_SIZES)}, got {block_size!r}")
-    if accuracy_level is not None and accuracy_level not in (1, 2, 3, 4):
-        raise EdgekdValueError(f"accuracy_level: expected 1, 2, 3 or 4, got {accuracy_level!r}")
+    if accuracy_level is not None and (isinstance(accuracy_level, bool) or accuracy_level not in ACCURACY_LEVELS):
+        raise EdgekdValueError(f"accuracy_level: expected 1, 2, 3 or 4 (or None: the builder's default, 4 on CPU), "
+                               f"got {accuracy_level!r}")
+    resolve_quantization(precisions, symmetric, quant_method, int8_matmuls, block_size=block_size)  # early errors
     if isinstance(eval_texts, str) or not eval_texts or not all(isinstance(t, str) and t.strip() for t in eval_texts):
         raise EdgekdValueError("eval_texts: a non-empty list of non-blank held-out texts is required (perplexity)")
     if retrieval_dir is not None:
@@ -173,6 +318,8 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
     try:
         hf_dir = resolve_hf_dir(source, work)
         cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+        quant = resolve_quantization(precisions, symmetric, quant_method, int8_matmuls, block_size=block_size,
+                                     k_dims=matmul_input_dims(cfg))
         gen_path = hf_dir / "generation_config.json"
         gen_cfg = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
         max_pos = int(cfg.get("max_position_embeddings") or 2048)
@@ -183,8 +330,11 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
         tmp_out = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         variants: list[dict[str, Any]] = []
         for prec in precisions:
+            q = quant.get(prec, {"method": "default", "int8_matmuls": [], "symmetric": True, "note": None})
+            method, groups, sym = q["method"], q["int8_matmuls"], q["symmetric"]
             built = run_builder(hf_dir, work / prec, prec, work / "cache", block_size=block_size,
-                                accuracy_level=accuracy_level)
+                                accuracy_level=accuracy_level, symmetric=sym, quant_method=method,
+                                int8_matmuls=groups)
             vdir = tmp_out / "variants" / prec
             vdir.mkdir(parents=True)
             for f in ("model.onnx", "model.onnx.data"):
@@ -197,8 +347,18 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
             v: dict[str, Any] = {"id": prec, "target": "any", "precision": prec, "file": f"variants/{prec}/model.onnx",
                                  "genai_config": f"variants/{prec}/genai_config.json"}
             if prec != "fp32":
-                v["weights"] = {"scheme": "MatMulNBits weight-only, symmetric", "bits": 4 if prec == "int4" else 8,
-                                "block_size": block_size, "accuracy_level": accuracy_level or 4}
+                graph = quantized_graph_summary(vdir / "model.onnx")
+                levels = graph["accuracy_levels"]
+                v["weights"] = {"scheme": f"MatMulNBits weight-only, {'symmetric' if sym else 'asymmetric'}",
+                                "bits": 4 if prec == "int4" else 8, "block_size": block_size,
+                                "symmetric": sym, "method": method, "int8_matmuls": list(groups),
+                                "accuracy_level": levels[0] if len(levels) == 1 else levels,
+                                "builder_options": builder_options(
+                                    prec, block_size=block_size, accuracy_level=accuracy_level, symmetric=sym,
+                                    quant_method=method, int8_matmuls=groups)[1:],
+                                "graph": graph}
+                if q["note"]:
+                    v["weights"]["note"] = q["note"]
             variants.append(v)
             first = built
         shutil.copy(first / "tokenizer.json", tmp_out / "tokenizer.json")
@@ -322,4 +482,6 @@ def _measure(bundle_dir: pathlib.Path, manifest: dict[str, Any], hf_dir: pathlib
             v["quality"]["perplexity_delta_vs_fp32"] = v["quality"]["perplexity"] - fp32_ppl
 
 
-__all__ = ["compile_causal_lm", "run_builder", "resolve_hf_dir", "LM_PRECISIONS", "BLOCK_SIZES"]
+__all__ = ["compile_causal_lm", "run_builder", "builder_options", "resolve_quantization", "quantized_graph_summary",
+           "resolve_hf_dir", "LM_PRECISIONS", "BLOCK_SIZES", "QUANT_METHODS", "INT8_MATMUL_GROUPS", "ACCURACY_LEVELS",
+           "INT4_DEFAULT_METHOD", "INT4_DEFAULT_SYMMETRIC", "INT4_DEFAULT_INT8_MATMULS", "matmul_input_dims"]

@@ -54,3 +54,9 @@ def test_compile_lm_errors_exit_2(tiny_lm_dir, tmp_path, capsys):
     assert main(["compile-lm", str(tiny_lm_dir), "--out", str(tmp_path / "b"), "--eval-data", str(data),
                  "--precisions", "int2"]) == 2
     assert "precisions" in capsys.readouterr().err
+    for flags, msg in ((["--int8-matmuls", "lm_head"], "int8_matmuls"), (["--quant-method", "gptq"], "quant_method"),
+                       (["--asymmetric", "--quant-method", "default"], "'rtn' or 'k_quant'"),
+                       (["--accuracy-level", "7"], "accuracy_level")):
+        assert main(["compile-lm", str(tiny_lm_dir), "--out", str(tmp_path / "b"), "--eval-data", str(data),
+                     *flags]) == 2
+        assert msg in capsys.readouterr().err
