@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "default for int4)")
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
                      help="no zero points (default for int8)")
+    lm.add_argument("--last-logits", dest="last_logits", action="store_true",
+                    help="add a logits_index input so that prefill computes the LM head for the last prompt "
+                         "token only (faster time to first token; such bundles run with engine ort only)")
     lm.add_argument("--int8-matmuls", dest="int8_matmuls",
                     help="comma-separated MatMul groups the int4 variant keeps at int8: last_matmul (the LM head, "
                          "and the embedding tied to it), mixed_layers; 'none': all int4 (default: last_matmul)")
@@ -137,6 +140,7 @@ def _compile_lm(args: argparse.Namespace) -> int:
                             precisions=tuple(p for p in args.precisions.split(",") if p), block_size=args.block_size,
                             accuracy_level=args.accuracy_level, symmetric=args.symmetric,
                             quant_method=args.quant_method,
+                            last_logits=args.last_logits,
                             int8_matmuls=None if args.int8_matmuls is None else
                             tuple(g for g in args.int8_matmuls.split(",") if g and g != "none"),
                             context_length=args.context_length,

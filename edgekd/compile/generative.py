@@ -256,10 +256,47 @@ def resolve_quantization(precisions: Sequence[str], symmetric: bool | None = Non
     return quant
 
 
+def add_logits_index(model_path: str | os.PathLike) -> None:
+    """Rewrite a model-builder decoder (in place; its external weights are not touched) so that the
+    LM head runs only at chosen positions: a new int64 input ``logits_index`` (batch, K) picks, per
+    row, K positions of the final hidden states (``Unsqueeze`` + ``GatherND`` with ``batch_dims=1``)
+    before the LM head; ``logits`` becomes (batch, K, vocab). At prefill the runtime asks for each
+    row's last prompt token only: the prompt's other positions skip the (vocab x hidden) product,
+    which is most of a short model's prefill (``benchmarks/results/int4_tuning.md``)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = pathlib.Path(model_path)
+    m = onnx.load(str(path), load_external_data=False)
+    g = m.graph
+    if any(i.name == "logits_index" for i in g.input):
+        raise EdgekdValueError(f"{path}: the decoder already has a logits_index input")
+    prod = {o: n for n in g.node for o in n.output}
+    head = prod.get("logits")
+    if head is None or head.op_type not in ("MatMul", "MatMulNBits") or not g.output or g.output[0].name != "logits":
+        raise EdgekdValueError(f"{path}: no LM-head MatMul producing 'logits' (got "
+                               f"{head.op_type if head is not None else None}); not a model-builder decoder?")
+    g.input.append(helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch_size", "num_logits"]))
+    g.initializer.append(helper.make_tensor("/lm_head/logits_index_axes", TensorProto.INT64, [1], [-1]))
+    pos = list(g.node).index(head)
+    g.node.insert(pos, helper.make_node("Unsqueeze", ["logits_index", "/lm_head/logits_index_axes"],
+                                        ["/lm_head/logits_index_3d"], name="/lm_head/LogitsIndexUnsqueeze"))
+    g.node.insert(pos + 1, helper.make_node("GatherND", [head.input[0], "/lm_head/logits_index_3d"],
+                                            ["/lm_head/gathered_hidden"], name="/lm_head/LogitsIndexGather",
+                                            batch_dims=1))
+    head.input[0] = "/lm_head/gathered_hidden"
+    dims = g.output[0].type.tensor_type.shape.dim
+    if len(dims) == 3:
+        dims[1].Clear()
+        dims[1].dim_param = "num_logits"
+    onnx.save(m, str(path))
+
+
 def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval_texts: Sequence[str],
                       precisions: Sequence[str] = LM_PRECISIONS, block_size: int = 32,
                       accuracy_level: int | None = None, symmetric: bool | None = None, quant_method: str | None = None,
-                      int8_matmuls: Sequence[str] | None = None, context_length: int | None = None,
+                      int8_matmuls: Sequence[str] | None = None, last_logits: bool = False,
+                      context_length: int | None = None,
                       parity_prompts: Sequence[str] = DEFAULT_PARITY_PROMPTS, parity_tokens: int = 16,
                       max_eval_tokens: int = 256, name: str | None = None, retrieval_dir: str | os.PathLike | None = None,
                       sgp: dict[str, Any] | None = None, make_zip: bool = True, overwrite: bool = False,
@@ -279,6 +316,9 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
     not a multiple of ``2 * block_size`` the builder cannot pack int4 zero points, and the default
     falls back to symmetric (:func:`resolve_quantization`). Every variant records its settings and
     what its graph really holds (:func:`quantized_graph_summary`) in ``variants[k].weights``.
+    ``last_logits``: add a ``logits_index`` input to every decoder (:func:`add_logits_index`) so
+    that the LM head runs only where the runtime asks (prefill: each row's last prompt token),
+    ``generation.io = "gqa+logits_index"``; such bundles run with ``engine="ort"`` only.
     ``context_length``: the hard cap the runtime enforces (default: the config's
     ``max_position_embeddings``). ``retrieval_dir``: a retrieval index folder
     (:mod:`edgekd.runtime.retrieval`, saved with its paragraph texts: ``edgekd qa index``), copied
@@ -340,6 +380,8 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
             for f in ("model.onnx", "model.onnx.data"):
                 if (built / f).is_file():
                     shutil.move(str(built / f), vdir / f)
+            if last_logits:
+                add_logits_index(vdir / "model.onnx")
             gcfg = json.loads((built / "genai_config.json").read_text(encoding="utf-8"))
             gcfg["model"]["context_length"] = ctx
             gcfg["search"]["max_length"] = ctx
@@ -393,7 +435,8 @@ def compile_causal_lm(source: str | os.PathLike, out: str | os.PathLike, *, eval
             "generation": {"context_length": ctx, "num_layers": int(dec["num_hidden_layers"]),
                            "num_kv_heads": int(dec["num_key_value_heads"]), "head_dim": int(dec["head_size"]),
                            "vocab_size": int(gc["vocab_size"]), "eos_token_ids": eos, "pad_token_id": pad,
-                           "bos_token_id": int(bos) if bos is not None else None, "io": "gqa",
+                           "bos_token_id": int(bos) if bos is not None else None,
+                           "io": "gqa+logits_index" if last_logits else "gqa",
                            "chat_template": template},
             "variants": variants,
         }
@@ -482,6 +525,6 @@ def _measure(bundle_dir: pathlib.Path, manifest: dict[str, Any], hf_dir: pathlib
             v["quality"]["perplexity_delta_vs_fp32"] = v["quality"]["perplexity"] - fp32_ppl
 
 
-__all__ = ["compile_causal_lm", "run_builder", "builder_options", "resolve_quantization", "quantized_graph_summary",
+__all__ = ["compile_causal_lm", "add_logits_index", "run_builder", "builder_options", "resolve_quantization", "quantized_graph_summary",
            "resolve_hf_dir", "LM_PRECISIONS", "BLOCK_SIZES", "QUANT_METHODS", "INT8_MATMUL_GROUPS", "ACCURACY_LEVELS",
            "INT4_DEFAULT_METHOD", "INT4_DEFAULT_SYMMETRIC", "INT4_DEFAULT_INT8_MATMULS", "matmul_input_dims"]

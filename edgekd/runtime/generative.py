@@ -230,16 +230,28 @@ class _OrtDecoder:
         if missing:
             raise BundleError(f"bundle: decoder {model_path.name} lacks the inputs {missing[:4]} of the 'gqa' convention")
         self.kv_dtype = np.float16 if names[self.past_names[0]].type == "tensor(float16)" else np.float32
+        # "gqa+logits_index": the LM head runs only at the positions in logits_index (B, K)
+        self.logits_index = "logits_index" in names
+        if self.logits_index != (gen.get("io", "gqa") == "gqa+logits_index"):
+            raise BundleError(f"bundle: decoder {model_path.name} does not match generation.io {gen.get('io')!r} "
+                              "(logits_index input present: " + str(self.logits_index) + ")")
         outs = [o.name for o in self.session.get_outputs()]
         if not outs or outs[0] != "logits":
             raise BundleError(f"bundle: decoder {model_path.name}'s first output is not 'logits' ({outs[:3]})")
         self.out_names = outs
         self.present_to_past = {o: o.replace("present.", "past_key_values.") for o in outs[1:]}
 
-    def _run(self, ids: np.ndarray, lens_after: np.ndarray, past: dict[str, np.ndarray]):
+    def _run(self, ids: np.ndarray, lens_after: np.ndarray, past: dict[str, np.ndarray],
+             positions: np.ndarray | None = None):
+        """One decoder call; ``positions`` (B, K): the positions of ``ids`` whose logits are wanted
+        (only a ``logits_index`` graph uses it; the others return every position's)."""
         width = int(lens_after.max())
         mask = (np.arange(width)[None, :] < lens_after[:, None]).astype(np.int64)
-        res = self.session.run(None, {"input_ids": ids, "attention_mask": mask, **past})
+        feed = {"input_ids": ids, "attention_mask": mask, **past}
+        if self.logits_index:
+            feed["logits_index"] = (np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
+                                    if positions is None else np.ascontiguousarray(positions, dtype=np.int64))
+        res = self.session.run(None, feed)
         new_past = {self.present_to_past[n]: v for n, v in zip(self.out_names[1:], res[1:])}
         return res[0], new_past
 
@@ -249,6 +261,9 @@ class _OrtDecoder:
         for b, r in enumerate(rows):
             ids[b, :len(r)] = r
         empty = np.zeros((len(rows), self.kvh, 0, self.hd), dtype=self.kv_dtype)
+        if self.logits_index:  # the LM head only at each row's last prompt token
+            logits, past = self._run(ids, lens, {n: empty for n in self.past_names}, (lens - 1)[:, None])
+            return logits[:, 0], {"lens": lens, "past": past}
         logits, past = self._run(ids, lens, {n: empty for n in self.past_names})
         return logits[np.arange(len(rows)), lens - 1], {"lens": lens, "past": past}
 
@@ -345,6 +360,9 @@ class GenerativeBundle:
             self._template = (root / self.gen["chat_template"]).read_text(encoding="utf-8")
         model_path = root / variant["file"]
         if engine == "genai":
+            if self.gen.get("io", "gqa") != "gqa":
+                raise BundleError(f"engine='genai': this bundle's decoder has the {self.gen['io']!r} convention "
+                                  "(compile-lm --last-logits), which only engine='ort' runs")
             if not variant.get("genai_config"):
                 raise BundleError(f"engine='genai': variant {variant['id']!r} has no genai_config.json")
             self._decoder: Any = _GenaiDecoder(model_path.parent, threads)

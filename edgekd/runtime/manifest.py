@@ -31,7 +31,9 @@ SIGNATURE_FILE = "manifest.sig"
 META_FILES = (MANIFEST, DIGEST_FILE, SIGNATURE_FILE)  # files about the manifest, not listed in it
 
 GENERATIVE_TASK = "text-generation"  # causal-LM bundles (edgekd.runtime.generative); no label_names
-GENERATIVE_IO = ("gqa",)  # decoder graph conventions the runtime's KV loop knows (see generative.py)
+# decoder graph conventions the runtime's KV loop knows (see generative.py): "gqa" (the model
+# builder's graph), "gqa+logits_index" (the same with a logits_index input: logits only where asked)
+GENERATIVE_IO = ("gqa", "gqa+logits_index")
 MAX_INT_ID = 2**31 - 1  # token ids and lengths are int32-safe
 MAX_LENGTH = 1 << 20
 MAX_FILE_SIZE = 1 << 53

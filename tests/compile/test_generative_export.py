@@ -208,3 +208,37 @@ def test_bad_quant_knobs_are_refused(tiny_lm_dir, tmp_path, kw, msg):
     with pytest.raises(EdgekdValueError, match=msg):
         compile_causal_lm(tiny_lm_dir, tmp_path / "b", eval_texts=LM_CORPUS, **kw)
     assert not (tmp_path / "b").exists()
+
+
+def test_last_logits_bundle_matches_the_full_logits_bundle(lm_bundle, tiny_lm_dir, tmp_path):
+    """compile-lm --last-logits: the LM head only where asked (prefill: the last prompt token of each
+    row); the same greedy tokens for a right-padded batch, the same logits at every position, the
+    same perplexity; the graph carries the logits_index input; engine genai is refused."""
+    import onnx
+
+    from edgekd.compile.generative import add_logits_index
+    from edgekd.errors import BundleError
+    from edgekd.runtime.generative import perplexity
+
+    b = compile_causal_lm(tiny_lm_dir, tmp_path / "last", eval_texts=LM_CORPUS[:3], precisions=("fp32", "int4"),
+                          block_size=32, parity_tokens=12, last_logits=True)
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["generation"]["io"] == "gqa+logits_index"
+    g = onnx.load(str(b / "variants" / "int4" / "model.onnx"), load_external_data=False).graph
+    assert "logits_index" in [i.name for i in g.input]
+    assert [n.op_type for n in g.node if n.name.startswith("/lm_head/LogitsIndex")] == ["Unsqueeze", "GatherND"]
+    for prec in ("fp32", "int4"):
+        full = GenerativeBundle.load(lm_bundle, precision=prec)
+        last = GenerativeBundle.load(b, precision=prec)
+        assert last._decoder.logits_index and not full._decoder.logits_index
+        got = last.generate(PROMPTS, max_new_tokens=12)  # prompts of different lengths: right padding
+        want = full.generate(PROMPTS, max_new_tokens=12)
+        assert [g.token_ids for g in got] == [w.token_ids for w in want]
+        ids = last.encode(LM_CORPUS[1])
+        np.testing.assert_array_equal(last.logits(ids), full.logits(ids))
+        assert perplexity(last, LM_CORPUS[:2])["perplexity"] == pytest.approx(
+            perplexity(full, LM_CORPUS[:2])["perplexity"], rel=1e-6)
+    with pytest.raises(BundleError, match="only engine='ort'"):
+        GenerativeBundle.load(b, precision="fp32", engine="genai")
+    with pytest.raises(EdgekdValueError, match="already has a logits_index"):
+        add_logits_index(b / "variants" / "fp32" / "model.onnx")
