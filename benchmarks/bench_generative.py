@@ -118,17 +118,21 @@ print(json.dumps({"ttft_ms": ttft * 1e3, "prefill_tokens_per_s": n_prompt / ttft
                   "decode_tokens_per_s": (n_new - 1) / (full - ttft), "peak_rss_mb": int(rss) / 1024}))
 """
 
-LLAMA_CODE = r"""
-import json, statistics, sys, time, os
-import llama_cpp
 # llama-cpp-python 0.3.36 built here segfaults in llama_decode with the CPU "extra buffer types"
-# (weight repacking; this VM's CPU reports AMX): they are turned off, which may cost llama.cpp speed
+# (weight repacking; this VM's CPU reports AMX): they are turned off, which may cost llama.cpp speed.
+# The first lines of every llama.cpp child process (also benchmarks/int4_tuning.py's).
+LLAMA_PRELUDE = r"""
+import llama_cpp
 _default = llama_cpp.llama_model_default_params
 def _params():
     p = _default(); p.use_extra_bufts = False; return p
 llama_cpp.llama_model_default_params = _params
 import llama_cpp.llama as _L
 _L.llama_cpp.llama_model_default_params = _params
+"""
+
+LLAMA_CODE = LLAMA_PRELUDE + r"""
+import json, statistics, sys, time, os
 path, threads, n_prompt, n_new, repeats, filler = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512,
                       verbose=False, logits_all=False)

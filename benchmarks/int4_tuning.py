@@ -59,6 +59,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
 sys.path.insert(0, str(ROOT))  # this checkout's edgekd
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_generative import LLAMA_PRELUDE  # noqa: E402
 
 OLD_DEFAULT = "int4 sym default-RTN acc4 (old default)"
 # name -> compile_causal_lm keyword arguments (precisions and the int4 knobs)
@@ -201,16 +203,9 @@ if profile:
 print(json.dumps(res))
 """
 
-LLAMA_CODE = r"""
+# the CPU "extra buffer types" (weight repacking) crash llama_decode of this build: bench_generative's prelude
+LLAMA_CODE = LLAMA_PRELUDE + r"""
 import json, statistics, sys, time
-import llama_cpp
-# as in bench_generative.py: the CPU "extra buffer types" (weight repacking) crash llama_decode of this build
-_default = llama_cpp.llama_model_default_params
-def _params():
-    p = _default(); p.use_extra_bufts = False; return p
-llama_cpp.llama_model_default_params = _params
-import llama_cpp.llama as _L
-_L.llama_cpp.llama_model_default_params = _params
 path, n, filler = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 llm = llama_cpp.Llama(model_path=path, n_threads=1, n_threads_batch=1, n_ctx=512, n_batch=512, verbose=False)
 ids = llm.tokenize((filler * (n // 8 + 2)).encode(), add_bos=False, special=False)[:n]

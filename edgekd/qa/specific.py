@@ -90,22 +90,8 @@ def specific_questions(triplets: Sequence[Triplet], index: Any, *, k: int = 5, m
     report["kept"] = len(kept)
     report["filter_top1"] = sum(r == 1 for r in ranks)
     if limit is not None and len(kept) > limit:
-        import random
+        from edgekd.qa.cli_train import select_triplets
 
-        rng = random.Random(seed)
-        by_doc: dict[str, list[Triplet]] = defaultdict(list)
-        for t in kept:
-            by_doc[t.context_id.split("#", 1)[0]].append(t)
-        for v in by_doc.values():
-            rng.shuffle(v)
-        docs = sorted(by_doc)
-        rng.shuffle(docs)
-        picked: list[Triplet] = []
-        while len(picked) < limit:
-            for d in docs:
-                if by_doc[d] and len(picked) < limit:
-                    picked.append(by_doc[d].pop())
-        order = {id(t): i for i, t in enumerate(kept)}
-        kept = sorted(picked, key=lambda t: order[id(t)])
+        kept = select_triplets(kept, sample=limit, seed=seed)  # spread over the documents, in input order
         report["sampled"] = len(kept)
     return kept, report
